@@ -1,0 +1,230 @@
+"""Sampler benchmark on the digits model: Frechet distance, class accuracy and time for sampler x steps.
+
+    .venv/bin/python bench/samplers.py [--checkpoint PATH] [--per-class 50] [--guidance 3] [--quick]
+                                       [--seed 0] [--out bench/results/samplers.md]
+
+Every row draws the same samples: ``per-class`` of each digit 0..9, sample i seeded ``seed + i`` (see
+``difflab.core.generate``), so rows differ only in how the reverse process is integrated. DDPM at 1000 steps,
+ancestral sampling on the full training grid (Ho et al. 2020, arXiv:2006.11239), is the reference the others
+are measured against. Scores come from ``difflab.eval.digits_metrics``: a fixed pixel-space Frechet distance
+and a fixed SVC, neither of which depends on the model.
+
+Targets checked at the end (the few-step sampler is meant to be as good as the 1000-step one):
+1. class accuracy >= 90% with dpmpp-2m at 20 steps at guidance 3;
+2. dpmpp-2m at 20 steps has FD <= 1.1x the DDPM-1000 FD.
+
+``--quick`` is a smoke test (5 per class, 10 steps, DDPM at 100 as the stand-in reference): it runs in seconds
+and its numbers are not the benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from difflab.cli import bundled_digits_checkpoint
+from difflab.core.checkpoint import CheckpointError, LoadedModel, load_model
+from difflab.core.generate import SampleRequest, sample_images
+from difflab.eval.digits_metrics import (
+    FEATURE_SPACE,
+    DigitScores,
+    classifier_holdout_accuracy,
+    evaluate_digit_samples,
+    noise_floor,
+)
+
+DEFAULT_OUT = Path(__file__).parent / "results" / "samplers.md"
+FEW_STEP_SAMPLERS = ("ddim", "euler", "euler-ancestral", "heun", "dpmpp-2m")
+ACCURACY_TARGET = 0.90
+FD_RATIO_TARGET = 1.1
+TARGET_SAMPLER = "dpmpp-2m"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One configuration to benchmark."""
+
+    sampler: str
+    steps: int
+    karras: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.sampler} (karras)" if self.karras else self.sampler
+
+
+@dataclass(frozen=True)
+class Result:
+    row: Row
+    scores: DigitScores
+    seconds: float  # sampling only, not scoring
+    model_calls: int  # U-Net forward passes (one per batch; CFG runs both branches in one pass)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Which rows to run, which is the reference, and which is checked against the targets."""
+
+    rows: tuple[Row, ...]
+    reference: Row
+    target: Row
+
+
+def make_plan(quick: bool) -> Plan:
+    steps = (10,) if quick else (10, 20, 50)
+    reference = Row("ddpm", 100 if quick else 1000)
+    rows = [reference]
+    if not quick:
+        rows.append(Row("ddpm", 50))  # for contrast: ancestral DDPM on a coarse grid
+    for sampler in FEW_STEP_SAMPLERS:
+        rows += [Row(sampler, n) for n in steps]
+    rows += [Row(TARGET_SAMPLER, n, karras=True) for n in steps]
+    return Plan(tuple(rows), reference, Row(TARGET_SAMPLER, steps[0] if quick else 20))
+
+
+def run_row(model: LoadedModel, row: Row, labels: tuple[int, ...], *, guidance: float, seed: int) -> Result:
+    request = SampleRequest(
+        labels=labels, sampler=row.sampler, steps=row.steps, guidance=guidance, seed=seed, karras=row.karras
+    )
+    calls = 0
+
+    def count_call(module, inputs) -> None:
+        nonlocal calls
+        calls += 1
+
+    hook = model.model.register_forward_pre_hook(count_call)
+    try:
+        start = time.perf_counter()
+        images = sample_images(model, request)  # (N, 1, 8, 8) in [-1, 1]
+        seconds = time.perf_counter() - start
+    finally:
+        hook.remove()
+    return Result(row, evaluate_digit_samples(images, labels), seconds, calls)
+
+
+def format_table(results: list[Result], reference: Result, n: int) -> str:
+    floor_n, floor_half = noise_floor(n), noise_floor()
+    lines = [
+        f"| sampler | steps | model calls | FD (lower is better) | FD / ddpm-{reference.row.steps} "
+        "| class accuracy | seconds |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for result in results:
+        ratio = _ratio(result.scores.frechet, reference.scores.frechet)
+        lines.append(
+            f"| {result.row.name} | {result.row.steps} | {result.model_calls} | {result.scores.frechet:.2f} "
+            f"| {ratio:.2f} | {result.scores.accuracy:.1%} | {result.seconds:.1f} |"
+        )
+    lines.append(
+        f"| *noise floor: {floor_n.n} real digits vs all* | | | "
+        f"{floor_n.frechet:.2f} ± {floor_n.spread:.2f} | | | |"
+    )
+    lines.append(
+        f"| *noise floor: real half vs half ({floor_half.n})* | | | "
+        f"{floor_half.frechet:.2f} ± {floor_half.spread:.2f} | | | |"
+    )
+    return "\n".join(lines)
+
+
+def _ratio(frechet: float, reference_frechet: float) -> float:
+    return frechet / reference_frechet if reference_frechet > 0 else float("inf")
+
+
+def check_targets(results: list[Result], plan: Plan, *, guidance: float, quick: bool) -> list[str]:
+    by_row = {result.row: result for result in results}
+    target, reference = by_row[plan.target], by_row[plan.reference]
+    label = f"{plan.target.sampler} {plan.target.steps} steps"
+    ratio = _ratio(target.scores.frechet, reference.scores.frechet)
+    accuracy_pass = target.scores.accuracy >= ACCURACY_TARGET
+    ratio_pass = ratio <= FD_RATIO_TARGET
+    lines = [
+        f"- {'PASS' if accuracy_pass else 'FAIL'}: class accuracy >= {ACCURACY_TARGET:.0%} with {label} at "
+        f"guidance {guidance:g}: {target.scores.accuracy:.1%}",
+        f"- {'PASS' if ratio_pass else 'FAIL'}: {label} FD <= {FD_RATIO_TARGET}x ddpm {plan.reference.steps} "
+        f"steps FD: {target.scores.frechet:.2f} vs {reference.scores.frechet:.2f} ({ratio:.2f}x)",
+    ]
+    if quick:
+        lines.append("- (quick run: stand-in rows and too few samples; these verdicts mean nothing)")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", type=Path, help="checkpoint folder (default: the bundled model)")
+    parser.add_argument("--per-class", type=int, help="samples per digit (default 50; 5 with --quick)")
+    parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
+    parser.add_argument("--seed", type=int, default=0, help="sample i is seeded seed + i in every row")
+    parser.add_argument("--quick", action="store_true", help="tiny smoke test; not the benchmark")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown file to write")
+    args = parser.parse_args(argv)
+    per_class = args.per_class if args.per_class is not None else (5 if args.quick else 50)
+    if per_class < 1:
+        parser.error(f"--per-class must be >= 1; got {per_class}")
+
+    # 1. Load the model
+    checkpoint = args.checkpoint if args.checkpoint is not None else bundled_digits_checkpoint()
+    try:
+        model = load_model(checkpoint)
+    except CheckpointError as error:
+        hint = " (no bundled model yet: train it, or pass --checkpoint)" if args.checkpoint is None else ""
+        print(f"error: {error}{hint}", file=sys.stderr)
+        return 2
+    num_classes = model.spec.unet.num_classes
+    if num_classes is None:
+        print(f"error: checkpoint {str(checkpoint)!r} is unconditional; the benchmark needs class labels",
+              file=sys.stderr)
+        return 2
+
+    # 2. Same labels and seeds for every row
+    labels = tuple(digit for digit in range(num_classes) for _ in range(per_class))
+    plan = make_plan(args.quick)
+
+    # 3. Sample and score each row
+    results = []
+    for row in plan.rows:
+        result = run_row(model, row, labels, guidance=args.guidance, seed=args.seed)
+        print(
+            f"{row.name:>20} {row.steps:>5} steps: FD {result.scores.frechet:8.2f}  "
+            f"accuracy {result.scores.accuracy:6.1%}  {result.seconds:6.1f} s",
+            file=sys.stderr,
+        )
+        results.append(result)
+
+    # 4. Report
+    reference = next(result for result in results if result.row == plan.reference)
+    report = "\n".join(
+        [
+            f"# Samplers on {checkpoint}" + (" (--quick smoke test)" if args.quick else ""),
+            "",
+            f"{len(labels)} samples ({per_class} per digit), guidance {args.guidance:g}, seeds {args.seed}.."
+            f"{args.seed + len(labels) - 1}, the same in every row; trailing timestep spacing; "
+            f"torch {torch.__version__} on CPU (threads: {torch.get_num_threads()}).",
+            "",
+            format_table(results, reference, len(labels)),
+            "",
+            f"Feature space for FD: {FEATURE_SPACE}; FD is against all 1,797 real digits "
+            f"(difflab.eval.digits_metrics). FD / ddpm-{plan.reference.steps} is relative to that row. "
+            f"Class accuracy: SVC(gamma=0.001, C=10) on the same pixels, trained on all real digits "
+            f"({classifier_holdout_accuracy():.1%} on a held-out 25% split). Model calls count U-Net passes; "
+            "each runs both guidance branches as one batch. Noise floors: real digits scored like samples "
+            "(mean ± std over 10 random draws).",
+            "",
+            "Targets:",
+            *check_targets(results, plan, guidance=args.guidance, quick=args.quick),
+            "",
+        ]
+    )
+    print(report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(report)
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

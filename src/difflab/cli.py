@@ -1,0 +1,220 @@
+"""The ``difflab`` command line: parse, call the library, print. Heavy imports happen inside the commands."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+
+app = typer.Typer(
+    help="difflab: diffusion from scratch to production image generation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+ddpm_app = typer.Typer(help="Pixel-space diffusion from scratch (lab 1): train and sample.", no_args_is_help=True)
+viz_app = typer.Typer(help="Pictures that explain diffusion.", no_args_is_help=True)
+app.add_typer(ddpm_app, name="ddpm")
+app.add_typer(viz_app, name="viz")
+
+
+def fail(message: str) -> None:
+    """One line on stderr and exit status 2: the contract for every bad input."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def user_errors(command: Callable) -> Callable:
+    """Turn ValueErrors (bad input found by the library) into one-line errors instead of tracebacks."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except ValueError as error:
+            fail(str(error))
+
+    return wrapper
+
+
+def bundled_digits_checkpoint() -> Path:
+    return Path(__file__).parent / "models" / "digits"
+
+
+def progress_bar(description: str):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), transient=False,
+    )
+
+
+@ddpm_app.command("train")
+@user_errors
+def ddpm_train(
+    dataset: str = typer.Option("digits", help="'digits' (sklearn's, offline) or a folder of images."),
+    out: Path = typer.Option(Path("runs/digits"), "--out", "-o", help="Checkpoint folder."),
+    steps: int = typer.Option(4000, min=1, help="Optimizer steps."),
+    batch_size: int = typer.Option(128, min=1),
+    learning_rate: float = typer.Option(1e-3, "--lr", min=0.0),
+    schedule: str = typer.Option("linear", help="Noise schedule: linear, scaled_linear, cosine."),
+    prediction: str = typer.Option("epsilon", help="What the network predicts: epsilon, sample (x0), v_prediction."),
+    min_snr_gamma: Optional[float] = typer.Option(None, help="Min-SNR-gamma loss weighting, e.g. 5."),
+    label_dropout: float = typer.Option(0.1, help="Probability of the null label (classifier-free guidance)."),
+    unconditional: bool = typer.Option(False, help="Ignore labels: train p(x) only."),
+    base_channels: int = typer.Option(32, min=8),
+    image_size: int = typer.Option(8, min=4, help="Image side for a folder dataset (digits are always 8)."),
+    channels: int = typer.Option(1, help="1 (grey) or 3 (RGB) for a folder dataset."),
+    seed: int = typer.Option(0),
+    checkpoint_every: int = typer.Option(500, min=1),
+    resume: bool = typer.Option(False, help="Continue from the training state in --out."),
+) -> None:
+    """Train a pixel-space diffusion U-Net; writes checkpoints, loss.csv/png and a final samples.png grid."""
+    from difflab.core.train import TrainConfig, train
+    from difflab.core.unet import UNetConfig
+
+    data, dataset_name = _load_dataset(dataset, image_size, channels)
+    first = data.images[0]
+    conditional = not unconditional and data.num_classes > 1
+    unet_config = UNetConfig(
+        image_size=first.shape[-1], in_channels=first.shape[0], out_channels=first.shape[0],
+        base_channels=base_channels, num_classes=data.num_classes if conditional else None,
+    )
+    config = TrainConfig(
+        steps=steps, batch_size=batch_size, learning_rate=learning_rate, schedule=schedule, prediction=prediction,  # type: ignore[arg-type]
+        min_snr_gamma=min_snr_gamma, label_dropout=label_dropout, seed=seed, checkpoint_every=checkpoint_every,
+    )
+    if schedule not in ("linear", "scaled_linear", "cosine"):
+        fail(f"schedule must be one of linear, scaled_linear, cosine; got {schedule!r}")
+    with progress_bar("training") as progress:
+        task = progress.add_task("training", total=steps, info="")
+        for event in train(data, unet_config, config, out, dataset_name=dataset_name, resume=resume):
+            progress.update(task, completed=event.step, info=f"loss {event.loss:.4f}")
+    grid = _write_sample_grid(out)
+    typer.echo(f"checkpoint: {out}\nloss curve: {out / 'loss.png'}\nsamples: {grid}")
+
+
+def _load_dataset(dataset: str, image_size: int, channels: int):
+    if dataset == "digits":
+        from difflab.data.digits import load_digits
+
+        return load_digits(), "digits"
+    from difflab.data.image_folder import load_image_folder
+
+    return load_image_folder(dataset, image_size, channels), str(Path(dataset).resolve())
+
+
+def _write_sample_grid(folder: Path) -> Path:
+    """Ten samples of every class (or 64 unconditional) from a checkpoint, as samples.png beside it."""
+    from difflab.core.checkpoint import load_model
+    from difflab.core.generate import SampleRequest, sample_images
+    from difflab.viz.grid import make_grid, to_pil
+
+    model = load_model(folder)
+    num_classes = model.spec.unet.num_classes
+    labels = tuple(c for c in range(num_classes) for _ in range(10)) if num_classes else (None,) * 64
+    images = to_pil(sample_images(model, SampleRequest(labels=labels)))
+    path = folder / "samples.png"
+    make_grid(images, columns=10 if num_classes else 8, scale=4).save(path)
+    return path
+
+
+def _parse_label(label: Optional[str], class_names: tuple[str, ...]) -> Optional[int]:
+    if label is None or label.lower() == "none":
+        return None
+    if label in class_names:
+        return class_names.index(label)
+    try:
+        return int(label)
+    except ValueError:
+        fail(f"label must be one of {', '.join(class_names) or 'none'}; got {label!r}")
+    return None  # unreachable
+
+
+@ddpm_app.command("sample")
+@user_errors
+def ddpm_sample(
+    checkpoint: Path = typer.Option(None, "--checkpoint", "-c", help="Checkpoint folder [default: the bundled digits model]."),
+    label: Optional[str] = typer.Option(None, "--label", "-l", help="Class to draw (name or index); default: every class in turn."),
+    n: int = typer.Option(64, "-n", help="Number of samples."),
+    sampler: str = typer.Option("dpmpp-2m", help="ddpm, ddim, euler, euler-ancestral, heun, dpmpp-2m."),
+    steps: int = typer.Option(20, help="Sampler steps (DDPM was trained with 1000)."),
+    guidance: float = typer.Option(3.0, help="Classifier-free guidance scale (1 = none)."),
+    seed: int = typer.Option(0, help="Sample i uses seed + i."),
+    karras: bool = typer.Option(False, help="Karras et al. sigma spacing instead of evenly spaced timesteps."),
+    eta: Optional[float] = typer.Option(None, help="Noise of ddim / euler-ancestral (0 = deterministic)."),
+    out: Path = typer.Option(Path("outputs/ddpm"), "--out", "-o", help="Output folder."),
+) -> None:
+    """Draw samples from a checkpoint: one PNG per sample plus grid.png."""
+    from difflab.core.checkpoint import load_model
+    from difflab.core.generate import SampleRequest, sample_steps
+    from difflab.viz.grid import make_grid, save_images, to_pil
+
+    model = load_model(checkpoint or bundled_digits_checkpoint())
+    if n < 1:
+        fail(f"n must be >= 1; got {n}")
+    if label is None and model.spec.unet.num_classes:
+        labels = tuple(i % model.spec.unet.num_classes for i in range(n))
+    else:
+        labels = (_parse_label(label, model.spec.class_names),) * n
+    request = SampleRequest(labels=labels, sampler=sampler, steps=steps, guidance=guidance, seed=seed, karras=karras, eta=eta)
+    request.validate(model)
+    x = None
+    with progress_bar("sampling") as progress:
+        task = progress.add_task("sampling", total=steps, info=sampler)
+        for step in sample_steps(model, request):
+            x = step.x
+            progress.update(task, completed=step.index + 1, info=f"sigma {step.sigma_next:.3f}")
+    images = to_pil(x.clamp(-1, 1))
+    paths = save_images(images, out, prefix="sample-")
+    grid = out / "grid.png"
+    make_grid(images, columns=min(10, n) if n % 10 == 0 else None, scale=4).save(grid)
+    typer.echo(f"{len(paths)} samples in {out}\ngrid: {grid}")
+
+
+@viz_app.command("schedules")
+@user_errors
+def viz_schedules(
+    out: Path = typer.Option(Path("outputs/schedules.png"), "--out", "-o"),
+    schedules: str = typer.Option("linear,cosine", help="Comma-separated: linear, scaled_linear, cosine."),
+) -> None:
+    """Plot alpha-bar and log-SNR curves of noise schedules side by side."""
+    from difflab.viz.curves import plot_schedules
+
+    names = [s.strip() for s in schedules.split(",") if s.strip()]
+    for name in names:
+        if name not in ("linear", "scaled_linear", "cosine"):
+            fail(f"schedules must be from linear, scaled_linear, cosine; got {name!r}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    typer.echo(str(plot_schedules(names, out)))
+
+
+@viz_app.command("forward")
+@user_errors
+def viz_forward(
+    image: Path = typer.Argument(..., help="An image file (or 'digit:N' for a digit from sklearn's set)."),
+    out: Path = typer.Option(Path("outputs/forward.png"), "--out", "-o"),
+    schedules: str = typer.Option("linear,cosine", help="One row per schedule."),
+    columns: int = typer.Option(10, min=2, help="Timesteps shown, evenly from 0 to T-1."),
+    size: int = typer.Option(64, min=8, help="Image side in pixels."),
+    seed: int = typer.Option(0),
+) -> None:
+    """The forward process q(x_t | x_0) as a grid: one row per schedule, noise rising left to right."""
+    from difflab.viz.forward import forward_grid, load_image_tensor
+
+    names = [s.strip() for s in schedules.split(",") if s.strip()]
+    x_0 = load_image_tensor(str(image), size)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    forward_grid(x_0, names, columns=columns, seed=seed).save(out)
+    typer.echo(str(out))
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
