@@ -93,6 +93,9 @@ def ddpm_train(
         task = progress.add_task("training", total=steps, info="")
         for event in train(data, unet_config, config, out, dataset_name=dataset_name, resume=resume):
             progress.update(task, completed=event.step, info=f"loss {event.loss:.4f}")
+            if not progress.console.is_terminal and (event.checkpoint or event.step % 100 == 0):
+                # a log file gets a line now and then instead of a bar it cannot redraw
+                typer.echo(f"step {event.step}/{event.total} loss {event.loss:.4f} {event.seconds:.0f}s", err=True)
     grid = _write_sample_grid(out)
     typer.echo(f"checkpoint: {out}\nloss curve: {out / 'loss.png'}\nsamples: {grid}")
 
