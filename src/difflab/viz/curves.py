@@ -29,14 +29,8 @@ def plot_loss_curve(losses: Sequence[tuple[int, float]], path: str | Path) -> Pa
         smooth = np.convolve(values, np.ones(window) / window, mode="valid")
         axis.plot(steps[window - 1:], smooth, linewidth=1.5, label=f"mean of {window}")
     axis.set_yscale("log")
-    axis.set_xlabel("step")
     axis.set_ylabel("training loss")
-    axis.grid(alpha=0.3)
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-    return Path(path)
+    return _finish(figure, [axis], "step", path)
 
 
 def plot_schedules(names: Sequence[str], path: str | Path, num_timesteps: int = 1000) -> Path:
@@ -52,11 +46,19 @@ def plot_schedules(names: Sequence[str], path: str | Path, num_timesteps: int = 
         right.plot(t, np.log(schedule.snr.numpy()), label=name)
     left.set_title(r"signal kept: $\bar\alpha_t$")
     right.set_title(r"log SNR$_t$ = log $\bar\alpha_t / (1-\bar\alpha_t)$")
-    for axis in (left, right):
-        axis.set_xlabel("t")
+    return _finish(figure, [left, right], "t", path)
+
+
+def _finish(figure, axes, xlabel: str, path: str | Path) -> Path:
+    """Label, grid and legend every axis, save the figure and free it (pyplot keeps figures alive otherwise)."""
+    for axis in axes:
+        axis.set_xlabel(xlabel)
         axis.grid(alpha=0.3)
         axis.legend()
     figure.tight_layout()
     figure.savefig(path)
+    figure.clf()
+    import matplotlib.pyplot as plt
+
     plt.close(figure)
     return Path(path)
