@@ -1,0 +1,1 @@
+"""Generation over diffusers, for every model family."""

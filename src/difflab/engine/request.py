@@ -1,0 +1,85 @@
+"""GenerationRequest: the one validated description of a generation job.
+
+The CLI, batch files, the HTTP API and replay all build this model, so a bad value gets the same error from
+every entry point, naming the field and what it allows, before any model is loaded or any file is written.
+Defaults that depend on the model family (size, steps, guidance) are None here and filled in by the engine
+from the model's preset.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from difflab.engine.schedulers import resolve_sampler
+
+MAX_IMAGES = 64  # per request; a batch file splits bigger jobs into requests
+MAX_STEPS = 1000
+MAX_SIDE = 4096
+MAX_SEED = 2**32 - 1  # A1111 and diffusers seeds fit in 32 bits
+
+
+class GenerationRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: str = Field(max_length=10_000)
+    negative_prompt: str = Field("", max_length=10_000)
+    model: str = "tiny-shapes"
+    n: int = Field(1, ge=1, le=MAX_IMAGES, description="images; image i uses seed + i")
+    steps: Optional[int] = Field(None, ge=1, le=MAX_STEPS)
+    guidance: Optional[float] = Field(None, description="classifier-free guidance scale (1 = off)")
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    scheduler: Optional[str] = Field(None, description="A1111 sampler name, e.g. 'DPM++ 2M Karras'")
+    width: Optional[int] = Field(None, ge=8, le=MAX_SIDE)
+    height: Optional[int] = Field(None, ge=8, le=MAX_SIDE)
+
+    @field_validator("guidance")
+    @classmethod
+    def _finite_guidance(cls, value: Optional[float]) -> Optional[float]:
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise ValueError("must be a finite number >= 0")
+        return value
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_8(cls, value: Optional[int]) -> Optional[int]:
+        # the VAE halves the image 3 times (Stable Diffusion's factor 8): other sizes cannot be encoded/decoded
+        if value is not None and value % 8:
+            raise ValueError(f"must be a multiple of 8, e.g. {value - value % 8 or 8} or {value - value % 8 + 8}")
+        return value
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, value: Optional[str]) -> Optional[str]:
+        return None if value is None else resolve_sampler(value).name  # canonical A1111 name
+
+    @model_validator(mode="after")
+    def _prompt_given(self) -> "GenerationRequest":
+        if not self.prompt.strip():
+            raise ValueError("prompt: must not be empty")
+        return self
+
+
+class RequestError(ValueError):
+    """A request that failed validation; the message names every bad field."""
+
+
+def build_request(**fields) -> GenerationRequest:
+    """Validate ``fields`` into a request, or raise RequestError with one readable line per bad field."""
+    try:
+        return GenerationRequest(**fields)
+    except ValidationError as error:
+        raise RequestError(describe_validation_error(error)) from None
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "request"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "is not a known field"
+        problems.append(f"{field}: {message}" if not message.startswith(f"{field}:") else message)
+    return "; ".join(problems)
