@@ -18,6 +18,8 @@ ddpm_app = typer.Typer(help="Pixel-space diffusion from scratch (lab 1): train a
 viz_app = typer.Typer(help="Pictures that explain diffusion.", no_args_is_help=True)
 app.add_typer(ddpm_app, name="ddpm")
 app.add_typer(viz_app, name="viz")
+from difflab.train.cli import train_app  # noqa: E402  (typer only; the trainer is imported inside the command)
+app.add_typer(train_app, name="train")
 
 
 def fail(message: str) -> None:

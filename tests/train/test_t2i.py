@@ -1,0 +1,128 @@
+"""The two-phase text-to-image trainer on a tiny recipe: runs, resumes exactly, saves a plain diffusers pipeline."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from difflab.train.t2i_config import T2IConfig, load_config
+
+TINY = {
+    "data": {"dataset_size": 1000},
+    "vae": {"block_out_channels": [8, 8, 8], "norm_num_groups": 4, "mid_block_attention": False},
+    "text_encoder": {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32,
+                     "max_position_embeddings": 16},
+    "unet": {"block_out_channels": [16, 16, 16], "cross_attention": [True, False, False], "norm_num_groups": 8,
+             "attention_head_dim": 2},
+    "vae_training": {"steps": 2, "batch_size": 2, "checkpoint_every": 1, "scaling_batches": 1},
+    "unet_training": {"steps": 4, "batch_size": 2, "checkpoint_every": 2},
+    "eval": {"num_prompts": 0},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny() -> T2IConfig:
+    return T2IConfig.from_dict(TINY)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny, tmp_path_factory) -> tuple[Path, list]:
+    from difflab.train.t2i import train_t2i
+
+    out = tmp_path_factory.mktemp("t2i")
+    return out, list(train_t2i(tiny, out))
+
+
+def test_both_phases_run_and_write_their_files(trained, tiny):
+    out, events = trained
+    assert [(e.phase, e.step) for e in events] == [("vae", 1), ("vae", 2)] + [("unet", k) for k in range(1, 5)]
+    assert all(torch.isfinite(torch.tensor(e.loss)) for e in events)
+    assert [e.step for e in events if e.phase == "unet" and e.checkpoint] == [2, 4]
+    for name in ("config.json", "vae/loss.csv", "vae/loss.png", "unet/loss.csv", "unet/loss.png",
+                 "vae/training_state.safetensors", "unet/training_state.safetensors", "pipeline/model_index.json"):
+        assert (out / name).is_file(), name
+    assert (out / "unet" / "loss.csv").read_text().count("\n") == 1 + tiny.unet_training.steps
+
+
+def test_saved_folder_is_a_plain_stable_diffusion_pipeline(trained):
+    import json
+
+    from diffusers import StableDiffusionPipeline
+
+    out, _ = trained
+    folder = out / "pipeline"
+    assert not list(folder.rglob("*.bin")) and list(folder.rglob("*.safetensors"))
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["safety_checker"] == [None, None] and index["requires_safety_checker"] is False
+    assert index["scheduler"][1] == "DPMSolverMultistepScheduler"
+    pipe = StableDiffusionPipeline.from_pretrained(str(folder))
+    pipe.set_progress_bar_config(disable=True)
+    scaling = pipe.vae.config.scaling_factor
+    assert scaling > 0 and scaling != 0.18215  # measured, not SD's default
+    image = pipe("a red circle on the left, blue background", num_inference_steps=2,
+                 generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (64, 64)
+
+
+def test_resume_continues_with_identical_losses(trained, tiny, tmp_path):
+    from difflab.train.t2i import train_unet
+
+    out, events = trained
+    uninterrupted = [e.loss for e in events if e.phase == "unet"]
+    shutil.copytree(out / "vae", tmp_path / "vae")
+    shutil.copytree(out / "tokenizer", tmp_path / "tokenizer")
+    first = []
+    for event in train_unet(tiny, tmp_path):
+        first.append(event.loss)
+        if event.step == 2:  # checkpoint at 2, then "interrupted"
+            break
+    resumed = [e.loss for e in train_unet(tiny, tmp_path, resume=True)]
+    assert first + resumed == uninterrupted
+    with pytest.raises(ValueError, match="resume"):
+        next(train_unet(tiny, tmp_path))  # refuses to overwrite a run without resume
+
+
+def test_unet_phase_needs_a_trained_vae(tiny, tmp_path):
+    from difflab.train.t2i import train_unet
+
+    with pytest.raises(ValueError, match="vae phase first"):
+        next(train_unet(tiny, tmp_path))
+
+
+def test_evaluate_pipeline_returns_an_adherence_report(trained):
+    from difflab.train.t2i import evaluate_pipeline, evaluation_prompts
+
+    out, _ = trained
+    prompts = evaluation_prompts(4)
+    assert len({p.split()[3] for p in prompts}) == 4  # "a <size> <colour> <shape> ...": shapes cycle first
+    report = evaluate_pipeline(out / "pipeline", prompts, seeds=0, guidance=2.0, steps=2)
+    assert report.n_images == 4 and set(report.accuracy) >= {"shape", "color"}
+
+
+@pytest.mark.parametrize(("table", "values", "field"), [
+    ("unet_training", {"steps": 0}, "unet_training.steps"),
+    ("unet_training", {"caption_dropout": 1.5}, "unet_training.caption_dropout"),
+    ("noise", {"beta_schedule": "cosine"}, "noise.beta_schedule"),
+    ("vae", {"block_out_channels": [16, 30]}, "vae.block_out_channels"),
+    ("unet", {"cross_attention": [True]}, "unet.cross_attention"),
+    ("vae", {"colour": 1}, "vae.colour"),
+    ("vae_training", {"batch_size": "8"}, "vae_training.batch_size"),
+])
+def test_bad_config_values_name_the_field(table, values, field):
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        T2IConfig.from_dict({table: values})
+
+
+def test_committed_recipe_loads_and_bad_files_name_themselves(tmp_path):
+    recipe = load_config(Path(__file__).parents[2] / "configs" / "tiny-shapes.toml")
+    assert recipe.latent_size == 16 and recipe.vae.latent_channels == 4
+    assert recipe.text_encoder.hidden_size >= 128 and recipe.unet_training.caption_dropout == 0.1
+    assert dataclasses.replace(recipe).with_max_steps(3).unet_training.steps == 3
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[unet_training]\nsteps = -1\n")
+    with pytest.raises(ValueError, match="bad.toml.*unet_training.steps"):
+        load_config(bad)
