@@ -1,0 +1,137 @@
+"""Load and cache diffusers pipelines, and run a GenerationRequest on one.
+
+Image i of a request is drawn with its own CPU generator seeded ``seed + i`` (diffusers' list-of-generators
+rule), for its starting latents and for every noise draw of ancestral schedulers: an image does not depend on the
+batch it was drawn in, except through the kernels' own batch-size dependence (measured in the tests).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+
+from difflab.engine.device import Placement, choose_placement
+from difflab.engine.registry import ResolvedModel, resolve_model
+from difflab.engine.request import GenerationRequest
+from difflab.engine.schedulers import make_scheduler
+
+FAMILIES_WITH_NEGATIVE_PROMPT = ("sd", "sdxl", "sdxl-refiner", "sd3")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A request with the model's defaults filled in: what actually ran, and what metadata records."""
+
+    request: GenerationRequest
+    model: ResolvedModel
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    scheduler: Optional[str]  # A1111 name, or None for the model's own scheduler
+
+    @classmethod
+    def of(cls, request: GenerationRequest, model: ResolvedModel) -> "Settings":
+        return cls(
+            request, model,
+            width=request.width or model.width, height=request.height or model.height,
+            steps=request.steps or model.steps,
+            guidance=model.guidance if request.guidance is None else request.guidance,
+            scheduler=request.scheduler or model.scheduler,
+        )
+
+
+@dataclass
+class Result:
+    settings: Settings
+    images: list  # PIL images, image i seeded seed + i
+    seeds: list[int]
+    seconds: float = 0.0
+
+
+@dataclass
+class PipelineCache:
+    """Loaded pipelines by (model path, device, dtype); a second request for the same model does not reload."""
+
+    placement: Placement = field(default_factory=choose_placement)
+    _pipelines: dict[tuple, Any] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def get(self, model: ResolvedModel):
+        """(pipeline, the scheduler it was saved with): requests swap schedulers, the original stays here."""
+        key = (str(model.path), self.placement.device, str(self.placement.dtype))
+        with self._lock:
+            if key not in self._pipelines:
+                pipeline = load_pipeline(model, self.placement)
+                self._pipelines[key] = (pipeline, pipeline.scheduler)
+            return self._pipelines[key]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._pipelines.clear()
+
+
+def load_pipeline(model: ResolvedModel, placement: Placement):
+    """A diffusers pipeline for the model, in safetensors only (``use_safetensors=True`` refuses pickles)."""
+    import diffusers
+
+    if model.single_file:
+        pipeline = diffusers.StableDiffusionPipeline.from_single_file(
+            str(model.path), torch_dtype=placement.dtype, local_files_only=True
+        )
+    else:
+        pipeline = diffusers.DiffusionPipeline.from_pretrained(
+            str(model.path), torch_dtype=placement.dtype, use_safetensors=True, local_files_only=True
+        )
+    pipeline.set_progress_bar_config(disable=True)  # difflab shows its own progress
+    return pipeline.to(placement.device)
+
+
+def generators_for(seed: int, n: int) -> list[torch.Generator]:
+    """One CPU generator per image: CPU so the same seed gives the same noise on every device."""
+    return [torch.Generator("cpu").manual_seed(seed + i) for i in range(n)]
+
+
+def pipeline_kwargs(settings: Settings, generators: list[torch.Generator]) -> dict[str, Any]:
+    request, family = settings.request, settings.model.family
+    kwargs: dict[str, Any] = dict(
+        prompt=request.prompt, num_inference_steps=settings.steps, guidance_scale=settings.guidance,
+        width=settings.width, height=settings.height, num_images_per_prompt=request.n, generator=generators,
+    )
+    if family in FAMILIES_WITH_NEGATIVE_PROMPT:
+        kwargs["negative_prompt"] = request.negative_prompt or None
+    elif request.negative_prompt:
+        raise ValueError(f"negative_prompt: the {family} family has no negative prompt (it does not use CFG)")
+    return kwargs
+
+
+def run(
+    request: GenerationRequest,
+    cache: PipelineCache,
+    *,
+    on_step: Optional[Callable[[int, int], None]] = None,
+) -> Result:
+    """Generate the request's images. ``on_step(done, total)`` is called after every denoising step."""
+    import time
+
+    model = resolve_model(request.model)
+    settings = Settings.of(request, model)
+    pipeline, original_scheduler = cache.get(model)
+    # a fresh scheduler from the model's own config on every request: schedulers keep state between steps, and a
+    # cached pipeline must never carry one request's sampler into the next
+    base_config = dict(original_scheduler.config)
+    if settings.scheduler is not None:
+        pipeline.scheduler = make_scheduler(settings.scheduler, base_config)
+    else:
+        pipeline.scheduler = type(original_scheduler).from_config(base_config)
+    generators = generators_for(request.seed, request.n)
+    kwargs = pipeline_kwargs(settings, generators)
+    if on_step is not None:
+        kwargs["callback_on_step_end"] = lambda pipe, step, timestep, tensors: (on_step(step + 1, settings.steps), tensors)[1]
+    started = time.perf_counter()
+    with torch.inference_mode():
+        images = pipeline(**kwargs).images
+    return Result(settings, images, [request.seed + i for i in range(request.n)], time.perf_counter() - started)

@@ -1,0 +1,133 @@
+"""Which model a name means: bundled models, presets of the families people run, hub ids, local folders.
+
+A preset carries the family's defaults (size, steps, guidance) so ``difflab generate --model sdxl "..."`` does
+the right thing without flags. Nothing here downloads: a hub model must already be in the local Hugging Face cache
+(``difflab pull NAME`` on a connected machine puts it there), and otherwise the error says so and how.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "models"
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    source: str  # hub id, or a folder name under difflab/models for bundled models
+    family: str  # sd, sdxl, sdxl-refiner, flux, sd3
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    scheduler: Optional[str] = None  # A1111 name; None keeps the model's own
+    bundled: bool = False
+    notes: str = ""
+
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (
+    Preset("tiny-shapes", "tiny-shapes", "sd", 64, 64, 20, 7.5, "DPM++ 2M", bundled=True,
+           notes="difflab's own 64x64 shapes model (offline default)"),
+    Preset("sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5", "sd", 512, 512, 30, 7.5, "DPM++ 2M Karras"),
+    Preset("sdxl", "stabilityai/stable-diffusion-xl-base-1.0", "sdxl", 1024, 1024, 30, 7.0, "DPM++ 2M Karras"),
+    Preset("sdxl-refiner", "stabilityai/stable-diffusion-xl-refiner-1.0", "sdxl-refiner", 1024, 1024, 30, 7.0),
+    Preset("sdxl-turbo", "stabilityai/sdxl-turbo", "sdxl", 512, 512, 1, 0.0, "Euler a",
+           notes="adversarially distilled: 1-4 steps, no CFG"),
+    Preset("flux-schnell", "black-forest-labs/FLUX.1-schnell", "flux", 1024, 1024, 4, 0.0,
+           notes="timestep-distilled: 4 steps, no CFG"),
+    Preset("flux-dev", "black-forest-labs/FLUX.1-dev", "flux", 1024, 1024, 50, 3.5,
+           notes="guidance-distilled: guidance is an input, not CFG"),
+    Preset("sd3.5-medium", "stabilityai/stable-diffusion-3.5-medium", "sd3", 1024, 1024, 40, 4.5),
+)}
+
+# model_index.json's _class_name -> family, for folders and hub ids that are not presets
+FAMILY_OF_PIPELINE = {
+    "StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl", "StableDiffusionXLImg2ImgPipeline": "sdxl-refiner",
+    "FluxPipeline": "flux", "StableDiffusion3Pipeline": "sd3",
+}
+FAMILY_DEFAULTS = {  # width/height, steps, guidance for models that are not presets
+    "sd": (512, 512, 30, 7.5), "sdxl": (1024, 1024, 30, 7.0), "sdxl-refiner": (1024, 1024, 30, 7.0),
+    "flux": (1024, 1024, 28, 3.5), "sd3": (1024, 1024, 28, 5.0),
+}
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model found on this machine: where its files are and how to drive it."""
+
+    name: str
+    path: Path  # a diffusers folder or a single-file checkpoint
+    family: str
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    scheduler: Optional[str] = None
+    single_file: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+class ModelNotAvailable(ValueError):
+    """The model is known but its weights are not on this machine."""
+
+
+def resolve_model(name: str) -> ResolvedModel:
+    """A preset name, a local diffusers folder, a single-file .safetensors checkpoint, or a cached hub id."""
+    preset = PRESETS.get(name)
+    if preset is not None:
+        path = BUNDLED_DIR / preset.source if preset.bundled else _hub_snapshot(preset.source, name)
+        if preset.bundled and not (path / "model_index.json").is_file():
+            raise ModelNotAvailable(f"model {name!r}: the bundled weights are missing from {path}")
+        return ResolvedModel(name, path, preset.family, preset.width, preset.height, preset.steps, preset.guidance,
+                             preset.scheduler)
+    path = Path(name).expanduser()
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise ValueError(f"model {name!r} is a pickle checkpoint; convert it to .safetensors (pickles can run code)")
+    if path.is_file() and path.suffix.lower() == ".safetensors":
+        family = "sd"  # single files carry no pipeline class; SD1.x is the format's common case
+        return _with_family_defaults(name, path, family, single_file=True)
+    if path.is_dir():
+        return _with_family_defaults(name, path, _family_of_folder(path))
+    if "/" in name and not path.exists() and name.count("/") == 1:
+        snapshot = _hub_snapshot(name, name)
+        return _with_family_defaults(name, snapshot, _family_of_folder(snapshot))
+    choices = ", ".join(PRESETS)
+    raise ValueError(f"model must be a preset ({choices}), a hub id, a diffusers folder or a .safetensors file; got {name!r}")
+
+
+def _with_family_defaults(name: str, path: Path, family: str, single_file: bool = False) -> ResolvedModel:
+    width, height, steps, guidance = FAMILY_DEFAULTS[family]
+    return ResolvedModel(name, path, family, width, height, steps, guidance, single_file=single_file)
+
+
+def _family_of_folder(path: Path) -> str:
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise ValueError(f"model folder {str(path)!r} has no model_index.json (not a diffusers pipeline folder)")
+    try:
+        class_name = json.loads(index.read_text()).get("_class_name", "")
+    except json.JSONDecodeError:
+        raise ValueError(f"model folder {str(path)!r}: model_index.json is not valid JSON") from None
+    if class_name not in FAMILY_OF_PIPELINE:
+        raise ValueError(f"model folder {str(path)!r} holds a {class_name or 'unknown'} pipeline; "
+                         f"supported: {', '.join(FAMILY_OF_PIPELINE)}")
+    return FAMILY_OF_PIPELINE[class_name]
+
+
+def _hub_snapshot(repo_id: str, name: str) -> Path:
+    """The local snapshot of a hub repository, without touching the network."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError):
+        raise ModelNotAvailable(
+            f"model {name!r} ({repo_id}) is not in the local Hugging Face cache; on a machine with network run "
+            f"`difflab pull {name}` (or `huggingface-cli download {repo_id}`) and copy the cache here"
+        ) from None
