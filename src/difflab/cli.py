@@ -46,11 +46,12 @@ def bundled_digits_checkpoint() -> Path:
 
 
 def progress_bar(description: str):
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    return Progress(
+    return Progress(  # on stderr: stdout is for results (paths) that scripts read
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(), TimeRemainingColumn(), transient=False,
+        TimeElapsedColumn(), TimeRemainingColumn(), transient=False, console=Console(stderr=True),
     )
 
 
@@ -215,6 +216,39 @@ def viz_forward(
     out.parent.mkdir(parents=True, exist_ok=True)
     forward_grid(x_0, names, columns=columns, seed=seed).save(out)
     typer.echo(str(out))
+
+
+@app.command("generate")
+@user_errors
+def generate(
+    prompt: str = typer.Argument(..., help="What to draw."),
+    n: int = typer.Option(1, "-n", help="Number of images; image i uses seed + i."),
+    negative: str = typer.Option("", "--negative", help="Negative prompt: what to steer away from."),
+    steps: Optional[int] = typer.Option(None, help="Denoising steps [default: the model's]."),
+    guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale [default: the model's]."),
+    seed: int = typer.Option(0),
+    scheduler: Optional[str] = typer.Option(None, help="A1111 sampler name, e.g. 'DPM++ 2M Karras', 'Euler a'."),
+    width: Optional[int] = typer.Option(None, help="Multiple of 8 [default: the model's]."),
+    height: Optional[int] = typer.Option(None),
+    model: str = typer.Option("tiny-shapes", help="Preset, hub id (cached), diffusers folder or .safetensors file."),
+    out: Path = typer.Option(Path("outputs"), "--out", "-o", help="Output folder."),
+) -> None:
+    """Generate images from a prompt; writes PNGs with A1111 parameters and a JSON record embedded."""
+    from difflab.engine.request import build_request
+
+    request = build_request(prompt=prompt, negative_prompt=negative, model=model, n=n, steps=steps,
+                            guidance=guidance, seed=seed, scheduler=scheduler, width=width, height=height)
+    from difflab.engine.registry import resolve_model
+
+    resolve_model(request.model)  # a missing or unknown model fails here, before any output exists
+    from difflab.engine.outputs import save_result
+    from difflab.engine.pipeline import PipelineCache, run
+
+    with progress_bar("generating") as progress:
+        task = progress.add_task("generating", total=None, info=request.model)
+        result = run(request, PipelineCache(), on_step=lambda done, total: progress.update(task, completed=done, total=total))
+    for path in save_result(result, out):
+        typer.echo(str(path))
 
 
 def main() -> None:  # pragma: no cover - console entry point

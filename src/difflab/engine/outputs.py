@@ -1,0 +1,91 @@
+"""Writing generated images: PNG files with A1111 parameters and the full difflab record, atomically."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import platform
+from pathlib import Path
+from typing import Any
+
+from difflab.engine.metadata import format_parameters, png_info
+from difflab.engine.pipeline import Result, Settings
+
+
+def model_hash(path: Path) -> str:
+    """Cached per (path, modification time): hashing a 5 GB U-Net takes seconds, and it is the same every image."""
+    weights = _weights_file(path)
+    return "" if weights is None else _sha256_prefix(str(weights), weights.stat().st_mtime_ns)
+
+
+def _weights_file(path: Path) -> Path | None:
+    """A1111's short model hash (first 10 hex digits of the SHA-256 of the weights file). For a diffusers folder,
+    the hash of its U-Net (or transformer) weights, which is what distinguishes one fine-tune from another."""
+    if path.is_dir():
+        candidates = sorted(path.glob("unet/*.safetensors")) or sorted(path.glob("transformer/*.safetensors"))
+        return candidates[0] if candidates else None
+    return path
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256_prefix(path: str, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:10]
+
+
+def a1111_settings(settings: Settings, seed: int, hash_: str) -> dict[str, Any]:
+    return {
+        "Steps": settings.steps,
+        "Sampler": settings.scheduler or "model default",
+        "CFG scale": settings.guidance,
+        "Seed": seed,
+        "Size": f"{settings.width}x{settings.height}",
+        "Model hash": hash_ or None,
+        "Model": settings.model.name if not Path(settings.model.name).exists() else Path(settings.model.name).name,
+        "Version": f"difflab {_version()}",
+    }
+
+
+def record(settings: Settings, seed: int, index: int) -> dict[str, Any]:
+    """Everything needed to regenerate image ``index``: the request, the filled-in settings, and versions."""
+    import diffusers
+    import torch
+    import transformers
+
+    return {
+        "request": settings.request.model_dump(),
+        "image_index": index,  # image i of the request; it was drawn with seed + i
+        "seed": seed,
+        "settings": {"width": settings.width, "height": settings.height, "steps": settings.steps,
+                     "guidance": settings.guidance, "scheduler": settings.scheduler,
+                     "family": settings.model.family, "model_path": str(settings.model.path)},
+        "versions": {"difflab": _version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
+                     "transformers": transformers.__version__, "python": platform.python_version()},
+    }
+
+
+def save_result(result: Result, folder: str | Path, prefix: str = "") -> list[Path]:
+    """One PNG per image, ``{prefix}{seed}-{index}.png``; each write is atomic (temporary file, then rename)."""
+    from difflab.core.checkpoint import atomic_write_bytes
+    from difflab.viz.grid import png_bytes
+
+    folder = Path(folder)
+    settings = result.settings
+    hash_ = model_hash(settings.model.path)
+    paths = []
+    for index, (image, seed) in enumerate(zip(result.images, result.seeds)):
+        parameters = format_parameters(settings.request.prompt, settings.request.negative_prompt,
+                                       a1111_settings(settings, seed, hash_))
+        path = folder / f"{prefix}{seed:010d}-{index:02d}.png"
+        atomic_write_bytes(path, png_bytes(image, pnginfo=png_info(parameters, record(settings, seed, index))))
+        paths.append(path)
+    return paths
+
+
+def _version() -> str:
+    from difflab import __version__
+
+    return __version__
