@@ -17,7 +17,7 @@ def invoke(*args: str):
     return runner.invoke(app, [str(a) for a in args])
 
 
-@pytest.mark.parametrize("command", [[], ["ddpm"], ["ddpm", "train"], ["ddpm", "sample"], ["viz"],
+@pytest.mark.parametrize("command", [[], ["ddpm"], ["ddpm", "train"], ["ddpm", "sample"], ["viz"], ["generate"], ["pull"], ["train"], ["train", "t2i"],
                                      ["viz", "schedules"], ["viz", "forward"]])
 def test_every_command_has_help(command: list[str]) -> None:
     result = invoke(*command, "--help")

@@ -251,6 +251,15 @@ def generate(
         typer.echo(str(path))
 
 
+@app.command("pull")
+@user_errors
+def pull_model(name: str = typer.Argument(..., help="A preset (sdxl, flux-schnell, ...) or a hub id.")) -> None:
+    """Download a model's safetensors weights into the Hugging Face cache, for offline use later."""
+    from difflab.engine.registry import pull
+
+    typer.echo(str(pull(name)))
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -68,3 +68,12 @@ def test_unknown_and_absent_models_are_clear_errors(tmp_path: Path) -> None:
     (tmp_path / "folder").mkdir()
     with pytest.raises(ValueError, match="no model_index.json"):
         resolve_model(str(tmp_path / "folder"))
+
+
+def test_pull_refuses_bundled_and_malformed_names() -> None:
+    from difflab.engine.registry import pull
+
+    with pytest.raises(ValueError, match="bundled with difflab"):
+        pull("tiny-shapes")
+    with pytest.raises(ValueError, match="hub id like 'owner/name'"):
+        pull("not a repo")

@@ -131,3 +131,21 @@ def _hub_snapshot(repo_id: str, name: str) -> Path:
             f"model {name!r} ({repo_id}) is not in the local Hugging Face cache; on a machine with network run "
             f"`difflab pull {name}` (or `huggingface-cli download {repo_id}`) and copy the cache here"
         ) from None
+
+
+# what `pull` fetches: configs, tokenizers and safetensors weights; never pickles (*.bin, *.ckpt, *.pt)
+PULL_PATTERNS = ["*.json", "*.txt", "*.safetensors", "*.model", "tokenizer*/*", "*.md"]
+
+
+def pull(name: str) -> Path:
+    """Download a preset or hub id into the normal Hugging Face cache (needs network and, for gated models such
+    as FLUX.1-dev, an accepted licence and HF_TOKEN). Later runs find it there offline."""
+    preset = PRESETS.get(name)
+    if preset is not None and preset.bundled:
+        raise ValueError(f"model {name!r} is bundled with difflab; there is nothing to pull")
+    repo_id = preset.source if preset is not None else name
+    if preset is None and name.count("/") != 1:
+        raise ValueError(f"model must be a preset ({', '.join(PRESETS)}) or a hub id like 'owner/name'; got {name!r}")
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(repo_id, allow_patterns=PULL_PATTERNS))
