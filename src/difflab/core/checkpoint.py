@@ -165,6 +165,36 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{str(path)!r} is not a readable safetensors file ({error})") from None
 
 
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """An optimizer's state as flat safetensors tensors ``optimizer.{param index}.{name}`` plus its hyper-parameters
+    as JSON metadata: resumable training without pickling the state dict."""
+    state = optimizer.state_dict()
+    tensors = {
+        f"optimizer.{index}.{name}": torch.as_tensor(value)
+        for index, values in state["state"].items()
+        for name, value in values.items()
+    }
+    return tensors, {"param_groups": json.dumps(state["param_groups"])}
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """The inverse of ``optimizer_tensors``."""
+    state: dict = {"state": {}, "param_groups": json.loads(metadata["param_groups"])}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            state["state"].setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict(state)
+
+
+def read_safetensors_with_metadata(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    tensors = read_safetensors(path)
+    with safe_open(path, "pt") as handle:
+        return tensors, handle.metadata() or {}
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Load a checkpoint's EMA weights into a fresh U-Net in eval mode."""
     folder = resolve_checkpoint(path)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -175,16 +174,9 @@ def train(
 def save_training_state(out: Path, spec: ckpt.ModelSpec, state: TrainState) -> Path:
     """Write the checkpoint (EMA weights + config), the resumable state, and the loss curve (CSV + PNG)."""
     ckpt.save_model(out, spec, state.ema.state_dict())
-    tensors = {f"model.{k}": v for k, v in state.model.state_dict().items()}
-    optimizer_state = state.optimizer.state_dict()
-    for index, values in optimizer_state["state"].items():
-        for name, value in values.items():
-            tensors[f"optimizer.{index}.{name}"] = torch.as_tensor(value)
-    metadata = {
-        "step": str(state.step),
-        "seconds": repr(state.seconds),
-        "param_groups": json.dumps(optimizer_state["param_groups"]),
-    }
+    optimizer_state, metadata = ckpt.optimizer_tensors(state.optimizer)
+    tensors = {**{f"model.{k}": v for k, v in state.model.state_dict().items()}, **optimizer_state}
+    metadata.update(step=str(state.step), seconds=repr(state.seconds))
     ckpt.atomic_save_safetensors(tensors, out / ckpt.TRAINING_STATE_NAME, metadata=metadata)
     _append_losses(out, state)
     return out
@@ -194,19 +186,10 @@ def load_training_state(out: Path, state: TrainState) -> None:
     path = Path(out) / ckpt.TRAINING_STATE_NAME
     if not path.is_file():
         raise ckpt.CheckpointError(f"cannot resume: {str(path)!r} does not exist")
-    from safetensors import safe_open
-
-    tensors = ckpt.read_safetensors(path)
-    with safe_open(path, "pt") as handle:
-        metadata = handle.metadata()
+    tensors, metadata = ckpt.read_safetensors_with_metadata(path)
     state.model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     state.ema.load_state_dict(ckpt.read_safetensors(Path(out) / ckpt.WEIGHTS_NAME))
-    optimizer_state: dict = {"state": {}, "param_groups": json.loads(metadata["param_groups"])}
-    for key, value in tensors.items():
-        if key.startswith("optimizer."):
-            _, index, name = key.split(".", 2)
-            optimizer_state["state"].setdefault(int(index), {})[name] = value
-    state.optimizer.load_state_dict(optimizer_state)
+    ckpt.restore_optimizer(state.optimizer, tensors, metadata)
     state.step = int(metadata["step"])
     state.seconds = float(metadata["seconds"])
     state.losses = _read_losses(Path(out), up_to=state.step)

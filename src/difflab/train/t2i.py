@@ -45,7 +45,14 @@ from typing import Any, Iterator, Literal, Optional, Sequence
 import numpy as np
 import torch
 
-from difflab.core.checkpoint import CheckpointError, atomic_save_safetensors, atomic_write_bytes, read_safetensors
+from difflab.core.checkpoint import (
+    CheckpointError,
+    atomic_save_safetensors,
+    atomic_write_bytes,
+    optimizer_tensors,
+    read_safetensors_with_metadata,
+    restore_optimizer,
+)
 from difflab.core.train import learning_rate_at, update_ema
 from difflab.data.shapes import (
     BASE_SHAPES, COLORS, POSITIONS, SIZES, ShapeSpec, ShapesDataset, caption,
@@ -206,36 +213,24 @@ def _save_state(folder: Path, state: _State, header: Sequence[str]) -> None:
     for prefix, group in (("model", state.modules), ("ema", state.ema)):
         for name, module in group.items():
             tensors.update({f"{prefix}.{name}.{k}": v for k, v in module.state_dict().items()})
-    optimizer_state = state.optimizer.state_dict()
-    for index, values in optimizer_state["state"].items():
-        for name, value in values.items():
-            tensors[f"optimizer.{index}.{name}"] = torch.as_tensor(value)
-    metadata = {"step": str(state.step), "seconds": repr(state.seconds),
-                "param_groups": json.dumps(optimizer_state["param_groups"])}
+    optimizer_state, metadata = optimizer_tensors(state.optimizer)
+    tensors.update(optimizer_state)
+    metadata.update(step=str(state.step), seconds=repr(state.seconds))
     # Shared storage (tied weights) must be cloned for safetensors.
     atomic_save_safetensors({k: v.clone() for k, v in tensors.items()}, folder / STATE_NAME, metadata=metadata)
     _write_losses(folder, header, state.rows)
 
 
 def _load_state(folder: Path, state: _State) -> None:
-    from safetensors import safe_open
-
     path = folder / STATE_NAME
     if not path.is_file():
         raise CheckpointError(f"cannot resume: {str(path)!r} does not exist")
-    tensors = read_safetensors(path)
-    with safe_open(path, "pt") as handle:
-        metadata = handle.metadata()
+    tensors, metadata = read_safetensors_with_metadata(path)
     for prefix, group in (("model", state.modules), ("ema", state.ema)):
         for name, module in group.items():
             start = f"{prefix}.{name}."
             module.load_state_dict({k[len(start):]: v for k, v in tensors.items() if k.startswith(start)})
-    optimizer_state: dict = {"state": {}, "param_groups": json.loads(metadata["param_groups"])}
-    for key, value in tensors.items():
-        if key.startswith("optimizer."):
-            _, index, name = key.split(".", 2)
-            optimizer_state["state"].setdefault(int(index), {})[name] = value
-    state.optimizer.load_state_dict(optimizer_state)
+    restore_optimizer(state.optimizer, tensors, metadata)
     state.step = int(metadata["step"])
     state.seconds = float(metadata["seconds"])
     state.rows = [row for row in _read_losses(folder) if row[0] <= state.step]
