@@ -18,7 +18,7 @@ def invoke(*args: str):
 
 
 @pytest.mark.parametrize("command", [[], ["ddpm"], ["ddpm", "train"], ["ddpm", "sample"], ["viz"], ["generate"], ["pull"], ["train"], ["train", "t2i"],
-                                     ["viz", "schedules"], ["viz", "forward"]])
+                                     ["viz", "schedules"], ["viz", "forward"], ["viz", "trajectory"]])
 def test_every_command_has_help(command: list[str]) -> None:
     result = invoke(*command, "--help")
     assert result.exit_code == 0, result.output
@@ -95,3 +95,10 @@ def test_viz_schedules_and_forward(tmp_path: Path) -> None:
 def test_train_rejects_bad_dataset(tmp_path: Path) -> None:
     result = invoke("ddpm", "train", "--dataset", tmp_path / "no-such-folder", "--steps", 1, "-o", tmp_path / "run")
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_viz_trajectory(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    result = invoke("viz", "trajectory", "-c", tiny_checkpoint, "--steps", 5, "-o", tmp_path / "t.png")
+    assert result.exit_code == 0, result.output
+    grid = Image.open(tmp_path / "t.png")
+    assert grid.width >= 5 * 8 * 6 and grid.height >= 2 * 8 * 6  # 5 steps x (state, estimate) at scale 6

@@ -218,6 +218,31 @@ def viz_forward(
     typer.echo(str(out))
 
 
+@viz_app.command("trajectory")
+@user_errors
+def viz_trajectory(
+    checkpoint: Path = typer.Option(None, "--checkpoint", "-c", help="[default: the bundled digits model]"),
+    label: Optional[str] = typer.Option("3", "--label", "-l", help="Class to draw."),
+    sampler: str = typer.Option("dpmpp-2m"),
+    steps: int = typer.Option(20),
+    guidance: float = typer.Option(3.0),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(Path("outputs/trajectory.png"), "--out", "-o"),
+) -> None:
+    """The denoising trajectory: the noisy state and the predicted x0 after each step, as a grid."""
+    from difflab.core.checkpoint import load_model
+    from difflab.core.generate import SampleRequest, sample_steps
+    from difflab.viz.trajectory import trajectory_grid
+
+    model = load_model(checkpoint or bundled_digits_checkpoint())
+    labels = (_parse_label(label, model.spec.class_names),)
+    request = SampleRequest(labels=labels, sampler=sampler, steps=steps, guidance=guidance, seed=seed)
+    grid = trajectory_grid(sample_steps(model, request))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(out)
+    typer.echo(str(out))
+
+
 @app.command("generate")
 @user_errors
 def generate(
