@@ -198,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="sample i is seeded seed + i in every row")
     parser.add_argument("--quick", action="store_true", help="tiny smoke test; not the benchmark")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown file to write")
+    parser.add_argument("--rows", help="only these rows, e.g. 'ddpm:1000,dpmpp-2m:20' (the reference and the "
+                                       "target row are always kept)")
     args = parser.parse_args(argv)
     per_class = args.per_class if args.per_class is not None else (5 if args.quick else 50)
     if per_class < 1:
@@ -220,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     # 2. Same labels and seeds for every row
     labels = tuple(digit for digit in range(num_classes) for _ in range(per_class))
     plan = make_plan(args.quick)
+    if args.rows:
+        wanted = {tuple(item.strip().split(":")) for item in args.rows.split(",") if item.strip()}
+        keep = [row for row in plan.rows
+                if (row.sampler, str(row.steps)) in wanted or row in (plan.reference, plan.target)]
+        plan = Plan(tuple(keep), plan.reference, plan.target)
 
     # 3. Sample and score each row
     results = []
