@@ -39,7 +39,7 @@ from difflab.eval.digits_metrics import (
 )
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "samplers.md"
-FEW_STEP_SAMPLERS = ("ddim", "euler", "euler-ancestral", "heun", "dpmpp-2m")
+FEW_STEP_SAMPLERS = ("ddim", "euler", "euler-ancestral", "heun", "dpmpp-2m", "dpmpp-2m-sde")
 ACCURACY_TARGET = 0.90
 FD_RATIO_TARGET = 1.1
 TARGET_SAMPLER = "dpmpp-2m"

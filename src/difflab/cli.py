@@ -146,7 +146,7 @@ def ddpm_sample(
     checkpoint: Path = typer.Option(None, "--checkpoint", "-c", help="Checkpoint folder [default: the bundled digits model]."),
     label: Optional[str] = typer.Option(None, "--label", "-l", help="Class to draw (name or index); default: every class in turn."),
     n: int = typer.Option(64, "-n", help="Number of samples."),
-    sampler: str = typer.Option("dpmpp-2m", help="ddpm, ddim, euler, euler-ancestral, heun, dpmpp-2m."),
+    sampler: str = typer.Option("dpmpp-2m", help="ddpm, ddim, euler, euler-ancestral, heun, dpmpp-2m, dpmpp-2m-sde."),
     steps: int = typer.Option(20, help="Sampler steps (DDPM was trained with 1000)."),
     guidance: float = typer.Option(3.0, help="Classifier-free guidance scale (1 = none)."),
     seed: int = typer.Option(0, help="Sample i uses seed + i."),

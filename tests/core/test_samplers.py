@@ -105,6 +105,8 @@ CASES = {
     "dpmpp-2m": ("dpmpp-2m", {}, lambda: DPMSolverMultistepScheduler(**BETAS, timestep_spacing="trailing"), {}, True, False, False),
     "dpmpp-2m-karras": ("dpmpp-2m", {}, lambda: DPMSolverMultistepScheduler(**BETAS, use_karras_sigmas=True),
                         {}, True, True, True),
+    "dpmpp-2m-sde": ("dpmpp-2m-sde", {}, lambda: DPMSolverMultistepScheduler(
+        **BETAS, algorithm_type="sde-dpmsolver++", timestep_spacing="trailing"), {}, True, False, False),
 }
 
 
@@ -215,7 +217,7 @@ def test_convergence_order(sampler: str, order: int) -> None:
     assert errors[0] / errors[1] > 0.6 * 3**order, errors
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "euler-ancestral"])
+@pytest.mark.parametrize("sampler", ["ddpm", "euler-ancestral", "dpmpp-2m-sde"])
 def test_ancestral_samplers_reproduce_gaussian_data(sampler: str) -> None:
     """With the exact denoiser and 1000 steps, noise becomes samples of N(mu, s^2) (to the last step's shrinkage)."""
     mu, s = 0.7, 0.3
@@ -255,4 +257,4 @@ def test_per_sample_generators_make_samples_batch_invariant() -> None:
 def test_unknown_sampler_lists_choices() -> None:
     with pytest.raises(ValueError, match="sampler must be one of ddpm, ddim, euler"):
         get_sampler("plms")
-    assert set(SAMPLERS) == {"ddpm", "ddim", "euler", "euler-ancestral", "heun", "dpmpp-2m"}
+    assert set(SAMPLERS) == {"ddpm", "ddim", "euler", "euler-ancestral", "heun", "dpmpp-2m", "dpmpp-2m-sde"}

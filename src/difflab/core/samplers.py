@@ -214,6 +214,38 @@ def sample_dpmpp_2m(
         yield SamplerStep(i, len(levels) - 1, sigma, sigma_next, x, denoised)
 
 
+def sample_dpmpp_2m_sde(
+    denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, cond: Any = None, guidance: float = 1.0,
+    generator: Generators = None,
+) -> Iterator[SamplerStep]:
+    """SDE-DPM-Solver++(2M) (Lu et al. 2022, arXiv:2211.01095, sec. 5 / appendix; diffusers' "sde-dpmsolver++",
+    A1111's "DPM++ 2M SDE"), midpoint form, in the VE scale:
+
+        x' = (sigma'/sigma) e^-h x + (1 - e^-2h) (D + (D - D_prev) / (2 r)) + sigma' sqrt(1 - e^-2h) z
+
+    The reverse SDE re-injects noise every step, which corrects the model's errors instead of integrating them
+    as the ODE does; first order on the first step, and x' = D on the last step to sigma = 0.
+    """
+    denoise, levels = guided(denoiser, cond, guidance), _sigma_list(sigmas)
+    previous_denoised, previous_h = None, None
+    for i, (sigma, sigma_next) in enumerate(zip(levels[:-1], levels[1:])):
+        denoised = denoise(x, sigma)
+        if sigma_next == 0:
+            x = denoised
+        else:
+            h = math.log(sigma) - math.log(sigma_next)
+            if previous_denoised is None:
+                denoised_d = denoised
+            else:
+                r = previous_h / h
+                denoised_d = denoised + (denoised - previous_denoised) / (2 * r)
+            x = (sigma_next / sigma * math.exp(-h)) * x - math.expm1(-2 * h) * denoised_d
+            x = x + _noise_like(x, generator) * (sigma_next * math.sqrt(-math.expm1(-2 * h)))
+            previous_h = h
+        previous_denoised = denoised
+        yield SamplerStep(i, len(levels) - 1, sigma, sigma_next, x, denoised)
+
+
 SAMPLERS: dict[str, Sampler] = {
     "ddpm": sample_ddpm,
     "ddim": sample_ddim,
@@ -221,6 +253,7 @@ SAMPLERS: dict[str, Sampler] = {
     "euler-ancestral": sample_euler_ancestral,
     "heun": sample_heun,
     "dpmpp-2m": sample_dpmpp_2m,
+    "dpmpp-2m-sde": sample_dpmpp_2m_sde,
 }
 
 
