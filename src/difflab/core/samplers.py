@@ -185,6 +185,17 @@ def sample_ddpm(
         yield SamplerStep(i, len(levels) - 1, sigma, sigma_next, x, denoised)
 
 
+def _multistep_denoised(
+    denoised: torch.Tensor, previous: torch.Tensor | None, previous_h: float | None, h: float
+) -> torch.Tensor:
+    """DPM-Solver++(2M)'s second-order correction, D + (D - D_prev) / (2r) with r = h_prev / h (the midpoint
+    form); the plain D on the first step, where there is no previous estimate."""
+    if previous is None or previous_h is None:
+        return denoised
+    r = previous_h / h
+    return denoised + (denoised - previous) / (2 * r)
+
+
 def sample_dpmpp_2m(
     denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, cond: Any = None, guidance: float = 1.0,
     generator: Generators = None,
@@ -203,11 +214,7 @@ def sample_dpmpp_2m(
             x = denoised
         else:
             h = math.log(sigma) - math.log(sigma_next)  # lambda_next - lambda
-            if previous_denoised is None:
-                denoised_d = denoised
-            else:
-                r = previous_h / h
-                denoised_d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * previous_denoised
+            denoised_d = _multistep_denoised(denoised, previous_denoised, previous_h, h)
             x = (sigma_next / sigma) * x - math.expm1(-h) * denoised_d
             previous_h = h
         previous_denoised = denoised
@@ -234,11 +241,7 @@ def sample_dpmpp_2m_sde(
             x = denoised
         else:
             h = math.log(sigma) - math.log(sigma_next)
-            if previous_denoised is None:
-                denoised_d = denoised
-            else:
-                r = previous_h / h
-                denoised_d = denoised + (denoised - previous_denoised) / (2 * r)
+            denoised_d = _multistep_denoised(denoised, previous_denoised, previous_h, h)
             x = (sigma_next / sigma * math.exp(-h)) * x - math.expm1(-2 * h) * denoised_d
             x = x + _noise_like(x, generator) * (sigma_next * math.sqrt(-math.expm1(-2 * h)))
             previous_h = h
