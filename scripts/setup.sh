@@ -26,7 +26,8 @@ else
     echo "setup: no NVIDIA GPU, installing torch==$TORCH_VERSION (CPU build)"
     "${pip[@]}" install "torch==$TORCH_VERSION" --extra-index-url https://download.pytorch.org/whl/cpu 2>&1 \
         | grep -v -e "Retrying" -e "is ignored" || true
-    "$VENV/bin/python" -c "import torch; assert not torch.version.cuda, 'a CUDA build of torch was installed'"
+    # -W ignore: numpy is not installed yet, and torch warns about it on import
+    "$VENV/bin/python" -W ignore -c "import torch; assert not torch.version.cuda, 'a CUDA build of torch was installed'"
 fi
 
 if [ -n "$extras" ]; then
