@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from difflab.core.checkpoint import PICKLE_SUFFIXES
+
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "models"
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -67,6 +66,3 @@ def png_bytes(image: Image.Image, **kwargs) -> bytes:
     image.save(buffer, format="PNG", **kwargs)
     return buffer.getvalue()
 
-
-def as_array(image: Image.Image) -> np.ndarray:
-    return np.asarray(image)
