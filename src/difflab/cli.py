@@ -20,6 +20,8 @@ app.add_typer(ddpm_app, name="ddpm")
 app.add_typer(viz_app, name="viz")
 from difflab.train.cli import train_app  # noqa: E402  (typer only; the trainer is imported inside the command)
 app.add_typer(train_app, name="train")
+from difflab.eval.cli import eval_app  # noqa: E402  (typer only)
+app.add_typer(eval_app, name="eval")
 
 
 def fail(message: str) -> None:
