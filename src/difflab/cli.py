@@ -271,11 +271,17 @@ def generate(
     from difflab.engine.outputs import save_result
     from difflab.engine.pipeline import PipelineCache, run
 
+    cache = PipelineCache()
     with progress_bar("generating") as progress:
         task = progress.add_task("generating", total=None, info=request.model)
-        result = run(request, PipelineCache(), on_step=lambda done, total: progress.update(task, completed=done, total=total))
-    for path in save_result(result, out):
+        result = run(request, cache, on_step=lambda done, total: progress.update(task, completed=done, total=total))
+    for path in save_result(result, out, placement=cache.placement):
         typer.echo(str(path))
+
+
+from difflab.batch_cli import batch_command, replay_command  # noqa: E402  (typer only)
+app.command("replay")(replay_command)
+app.command("batch")(batch_command)
 
 
 @app.command("pull")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from difflab.engine.metadata import format_parameters, png_info
+from difflab.engine.device import Placement
 from difflab.engine.pipeline import Result, Settings
 
 
@@ -49,8 +50,10 @@ def a1111_settings(settings: Settings, seed: int, hash_: str) -> dict[str, Any]:
     }
 
 
-def record(settings: Settings, seed: int, index: int) -> dict[str, Any]:
-    """Everything needed to regenerate image ``index``: the request, the filled-in settings, and versions."""
+def record(settings: Settings, seed: int, index: int, placement: Placement | None = None) -> dict[str, Any]:
+    """Everything needed to regenerate image ``index``: the request, the filled-in settings, versions and where it
+    ran. ``request.n`` with ``image_index`` is the batch layout: CPU kernels are not batch-invariant, so replay
+    re-runs the whole request to get image ``index`` bit-identically."""
     import diffusers
     import torch
     import transformers
@@ -64,25 +67,33 @@ def record(settings: Settings, seed: int, index: int) -> dict[str, Any]:
                      "family": settings.model.family, "model_path": str(settings.model.path)},
         "versions": {"difflab": _version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
                      "transformers": transformers.__version__, "python": platform.python_version()},
+        # kernels differ between devices, dtypes and CPU instruction sets: replay warns when these differ
+        "environment": {"device": placement.describe() if placement else None, "machine": platform.machine(),
+                        "cpu_capability": torch.backends.cpu.get_cpu_capability()},
     }
 
 
-def save_result(result: Result, folder: str | Path, prefix: str = "") -> list[Path]:
+def save_result(result: Result, folder: str | Path, prefix: str = "", placement: Placement | None = None) -> list[Path]:
     """One PNG per image, ``{prefix}{seed}-{index}.png``; each write is atomic (temporary file, then rename)."""
     from difflab.core.checkpoint import atomic_write_bytes
-    from difflab.viz.grid import png_bytes
 
     folder = Path(folder)
-    settings = result.settings
-    hash_ = model_hash(settings.model.path)
     paths = []
-    for index, (image, seed) in enumerate(zip(result.images, result.seeds)):
-        parameters = format_parameters(settings.request.prompt, settings.request.negative_prompt,
-                                       a1111_settings(settings, seed, hash_))
+    for index, seed in enumerate(result.seeds):
         path = folder / f"{prefix}{seed:010d}-{index:02d}.png"
-        atomic_write_bytes(path, png_bytes(image, pnginfo=png_info(parameters, record(settings, seed, index))))
+        atomic_write_bytes(path, image_png(result, index, placement))
         paths.append(path)
     return paths
+
+
+def image_png(result: Result, index: int, placement: Placement | None = None) -> bytes:
+    """The PNG file of image ``index`` with both metadata chunks; the same bytes for the same image and request."""
+    from difflab.viz.grid import png_bytes
+
+    settings, seed = result.settings, result.seeds[index]
+    parameters = format_parameters(settings.request.prompt, settings.request.negative_prompt,
+                                   a1111_settings(settings, seed, model_hash(settings.model.path)))
+    return png_bytes(result.images[index], pnginfo=png_info(parameters, record(settings, seed, index, placement)))
 
 
 def _version() -> str:

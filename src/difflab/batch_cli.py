@@ -1,0 +1,99 @@
+"""``difflab replay`` and ``difflab batch``: thin fronts over difflab.engine.replay and difflab.engine.batch.
+
+Registered on the main app in cli.py; only typer is imported here so ``difflab --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def replay_command(
+    image: Path = typer.Argument(..., help="A PNG made by difflab (or with A1111 'parameters' metadata)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the regenerated PNG to this folder."),
+    check: bool = typer.Option(False, "--check", help="Exit with status 1 unless the result is bit-identical."),
+    model: Optional[str] = typer.Option(None, help="Use this model instead of the recorded one (moved folder, A1111 name)."),
+    alone: bool = typer.Option(False, "--alone", help="Regenerate only this image (n=1, its own seed) instead of "
+                                                      "re-running its batch: faster, but not bit-identical where "
+                                                      "kernels depend on batch size (CPUs)."),
+) -> None:
+    """Regenerate an image from its embedded metadata and compare it with the original, pixel by pixel."""
+    from difflab.cli import fail, progress_bar
+
+    try:
+        from difflab.engine.pipeline import PipelineCache
+        from difflab.engine.replay import model_warnings, plan_replay, replay
+
+        cache = PipelineCache()
+        plan = plan_replay(image, model=model, alone=alone, placement=cache.placement)
+        for warning in (*plan.warnings, *model_warnings(plan)):
+            typer.echo(f"warning: {warning}", err=True)
+        with progress_bar("replaying") as progress:
+            task = progress.add_task("replaying", total=None, info=f"{plan.source}, image {plan.index} of {plan.request.n}")
+            outcome = replay(plan, cache, on_step=lambda done, total: progress.update(task, completed=done, total=total))
+    except ValueError as error:
+        fail(str(error))
+    if out is not None:
+        from difflab.core.checkpoint import atomic_write_bytes
+
+        path = out / f"{image.stem}-replay.png"
+        atomic_write_bytes(path, outcome.png)
+        typer.echo(str(path))
+    typer.echo(f"{image}: {outcome.comparison.describe()}")
+    if check and not outcome.comparison.identical:
+        raise typer.Exit(1)
+
+
+def batch_command(
+    prompts: Path = typer.Argument(..., help="Prompt file: .jsonl (one JSON object a line) or .csv (header = field names)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder; rerun the same command on it to resume."),
+    n: Optional[int] = typer.Option(None, "-n", help="Images per line where a line sets no n; image i uses seed + i."),
+    negative: Optional[str] = typer.Option(None, "--negative", help="Negative prompt where a line sets none."),
+    steps: Optional[int] = typer.Option(None, help="Denoising steps where a line sets none (else the model's)."),
+    guidance: Optional[float] = typer.Option(None, help="Guidance scale where a line sets none (else the model's)."),
+    seed: Optional[int] = typer.Option(None, help="Seed where a line sets none (else 0)."),
+    scheduler: Optional[str] = typer.Option(None, help="A1111 sampler where a line sets none, e.g. 'DPM++ 2M Karras'."),
+    width: Optional[int] = typer.Option(None, help="Width (multiple of 8) where a line sets none (else the model's)."),
+    height: Optional[int] = typer.Option(None, help="Height where a line sets none (else the model's)."),
+    model: Optional[str] = typer.Option(None, help="Model where a line sets none: preset, hub id (cached), folder or .safetensors."),
+) -> None:
+    """Generate every request of a prompt file into a folder: PNGs, a manifest, a contact sheet; resumable.
+
+    Fields of a line override the options. All lines are checked before anything is generated."""
+    from difflab.cli import fail, progress_bar
+
+    try:
+        from difflab.engine.batch import ImageFinished, LineStarted, check_folder, plan_batch, run_batch, write_contact_sheets
+        from difflab.engine.pipeline import PipelineCache
+
+        defaults = dict(n=n, negative_prompt=negative, steps=steps, guidance=guidance, seed=seed, scheduler=scheduler,
+                        width=width, height=height, model=model)
+        plan = plan_batch(prompts, defaults)
+        check_folder(plan, out)  # before the first write: a refused folder is left as it was
+        cache = PipelineCache()
+        made = skipped = 0
+        with progress_bar("batch") as progress:
+            task = progress.add_task("batch", total=plan.total_images, info="")
+            current = {"line": 0, "images": 0}
+
+            def on_step(done: int, total: int) -> None:
+                progress.update(task, completed=made + skipped + current["images"] * done / total)
+
+            for event in run_batch(plan, out, cache, on_step=on_step):
+                if isinstance(event, LineStarted):
+                    current.update(line=event.line, images=event.images)
+                    progress.update(task, info=f"line {event.line}")
+                elif isinstance(event, ImageFinished):
+                    skipped += event.skipped
+                    made += not event.skipped
+                    current["images"] -= not event.skipped
+                    progress.update(task, completed=made + skipped)
+        sheets = write_contact_sheets(plan, out)
+    except ValueError as error:
+        fail(str(error))
+    typer.echo(f"{made} images generated, {skipped} already finished; {plan.total_images} in {out}")
+    for sheet in sheets:
+        typer.echo(str(sheet))
