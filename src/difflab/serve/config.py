@@ -1,0 +1,62 @@
+"""ServeConfig: everything a server instance needs, passed in (no globals), validated once."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+LOOPBACK_NAMES = ("localhost",)
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024  # a GenerationRequest is < 100 kB; 8 MB leaves room for base64 init images
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and 'localhost': addresses no other machine can reach."""
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve to anything: treat it as public
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    data_dir: Path  # queue.sqlite3 and images/ live here; the queue survives restarts because this folder does
+    host: str = "127.0.0.1"
+    port: int = 7860
+    max_queue: int = 100  # queued (not yet running) jobs; one more gets HTTP 429 with Retry-After
+    api_token: Optional[str] = None  # required (as "Authorization: Bearer ...") on every route when set
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    models_dir: Optional[Path] = None  # diffusers folders here are offered by their folder name
+    loras_dir: Optional[Path] = None  # LoRAs here are offered by name; default $DIFFLAB_LORA_DIR or ./loras
+    default_model: str = "tiny-shapes"  # what A1111 clients get when they name no checkpoint
+    sync_timeout_s: float = 600.0  # a synchronous request waits this long, then answers 202 with the job
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", Path(self.data_dir))
+        for name in ("models_dir", "loras_dir"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)))
+        if not 1 <= self.max_queue <= 100_000:
+            raise ValueError(f"max_queue: must be between 1 and 100000; got {self.max_queue}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port: must be between 0 and 65535; got {self.port}")
+        if self.max_body_bytes < 1024:
+            raise ValueError(f"max_body_bytes: must be at least 1024; got {self.max_body_bytes}")
+        if self.api_token is not None and len(self.api_token) < 16:
+            raise ValueError("api_token: must be at least 16 characters (e.g. `python -c 'import secrets; "
+                             "print(secrets.token_urlsafe())'`)")
+        if not is_loopback(self.host) and not self.api_token:
+            # anyone who can reach the port could otherwise fill the queue and read every image
+            raise ValueError(f"host: binding to {self.host!r} (beyond loopback) requires --api-token "
+                             "(or DIFFLAB_API_TOKEN)")
+
+    @property
+    def database(self) -> Path:
+        return self.data_dir / "queue.sqlite3"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.data_dir / "images"
