@@ -14,7 +14,8 @@ from typing import Any, Callable, Optional
 import torch
 
 from difflab.engine.device import Placement, choose_placement
-from difflab.engine.registry import ResolvedModel, resolve_model
+from difflab.engine import memory
+from difflab.engine.registry import FLOW_MATCHING_FAMILIES, ResolvedModel, check_scheduler_fits, resolve_model
 from difflab.engine.request import GenerationRequest
 from difflab.engine.schedulers import make_scheduler
 
@@ -50,6 +51,7 @@ class Result:
     images: list  # PIL images, image i seeded seed + i
     seeds: list[int]
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # what the engine changed on its own (an OOM retry), for the user
 
 
 @dataclass
@@ -79,9 +81,10 @@ def load_pipeline(model: ResolvedModel, placement: Placement):
     import diffusers
 
     if model.single_file:
-        pipeline = diffusers.StableDiffusionPipeline.from_single_file(
-            str(model.path), torch_dtype=placement.dtype, local_files_only=True
-        )
+        from difflab.engine.single_file import load_single_file_pipeline
+
+        # resolve_model already refused pickles the request did not allow
+        pipeline = load_single_file_pipeline(model.path, model.family, placement.dtype, allow_unsafe_pickle=True)
     else:
         pipeline = diffusers.DiffusionPipeline.from_pretrained(
             str(model.path), torch_dtype=placement.dtype, use_safetensors=True, local_files_only=True
@@ -117,13 +120,14 @@ def run(
     """Generate the request's images. ``on_step(done, total)`` is called after every denoising step."""
     import time
 
-    model = resolve_model(request.model)
+    model = resolve_model(request.model, request.allow_unsafe_pickle)
     settings = Settings.of(request, model)
+    check_scheduler_fits(model, settings.scheduler)  # before any weights load
     pipeline, original_scheduler = cache.get(model)
     # a fresh scheduler from the model's own config on every request: schedulers keep state between steps, and a
     # cached pipeline must never carry one request's sampler into the next
     base_config = dict(original_scheduler.config)
-    if settings.scheduler is not None:
+    if settings.scheduler is not None and model.family not in FLOW_MATCHING_FAMILIES:
         pipeline.scheduler = make_scheduler(settings.scheduler, base_config)
     else:
         pipeline.scheduler = type(original_scheduler).from_config(base_config)
@@ -132,6 +136,13 @@ def run(
     if on_step is not None:
         kwargs["callback_on_step_end"] = lambda pipe, step, timestep, tensors: (on_step(step + 1, settings.steps), tensors)[1]
     started = time.perf_counter()
-    with torch.inference_mode():
-        images = pipeline(**kwargs).images
-    return Result(settings, images, [request.seed + i for i in range(request.n)], time.perf_counter() - started)
+    notes: list[str] = []
+
+    def draw():  # fresh generators on every call: a retry after an out-of-memory error draws the same images
+        fresh = {**kwargs, "generator": generators_for(request.seed, request.n)}
+        with torch.inference_mode():
+            return pipeline(**fresh).images
+
+    images = memory.call_with_oom_retry(draw, pipeline, request.memory, cache.placement.device, notes=notes)
+    return Result(settings, images, [request.seed + i for i in range(request.n)], time.perf_counter() - started,
+                  notes=notes)

@@ -77,8 +77,9 @@ class ModelNotAvailable(ValueError):
     """The model is known but its weights are not on this machine."""
 
 
-def resolve_model(name: str) -> ResolvedModel:
-    """A preset name, a local diffusers folder, a single-file .safetensors checkpoint, or a cached hub id."""
+def resolve_model(name: str, allow_unsafe_pickle: bool = False) -> ResolvedModel:
+    """A preset name, a local diffusers folder, a single-file .safetensors checkpoint, or a cached hub id.
+    Pickle checkpoints (.ckpt, .pt, .bin, ...) only with ``allow_unsafe_pickle``: unpickling can run code."""
     preset = PRESETS.get(name)
     if preset is not None:
         path = BUNDLED_DIR / preset.source if preset.bundled else _hub_snapshot(preset.source, name)
@@ -87,11 +88,8 @@ def resolve_model(name: str) -> ResolvedModel:
         return ResolvedModel(name, path, preset.family, preset.width, preset.height, preset.steps, preset.guidance,
                              preset.scheduler)
     path = Path(name).expanduser()
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise ValueError(f"model {name!r} is a pickle checkpoint; convert it to .safetensors (pickles can run code)")
-    if path.is_file() and path.suffix.lower() == ".safetensors":
-        family = "sd"  # single files carry no pipeline class; SD1.x is the format's common case
-        return _with_family_defaults(name, path, family, single_file=True)
+    if path.suffix.lower() in PICKLE_SUFFIXES or (path.is_file() and path.suffix.lower() == ".safetensors"):
+        return _resolve_single_file(name, path, allow_unsafe_pickle)
     if path.is_dir():
         return _with_family_defaults(name, path, _family_of_folder(path))
     if "/" in name and not path.exists() and name.count("/") == 1:
@@ -99,6 +97,34 @@ def resolve_model(name: str) -> ResolvedModel:
         return _with_family_defaults(name, snapshot, _family_of_folder(snapshot))
     choices = ", ".join(PRESETS)
     raise ValueError(f"model must be a preset ({choices}), a hub id, a diffusers folder or a .safetensors file; got {name!r}")
+
+
+def _resolve_single_file(name: str, path: Path, allow_unsafe_pickle: bool) -> ResolvedModel:
+    """A one-file checkpoint: its family from its tensor names (pickles, whose names cannot be read without
+    unpickling, are taken as SD1.x, the format's common case)."""
+    from difflab.engine.single_file import check_loadable, family_of_checkpoint, read_header
+
+    check_loadable(path, allow_unsafe_pickle)
+    if not path.is_file():
+        raise ValueError(f"model {name!r}: no such file")
+    family = "sd" if path.suffix.lower() in PICKLE_SUFFIXES else family_of_checkpoint(read_header(path)[0])
+    return _with_family_defaults(name, path, family, single_file=True)
+
+
+# flow-matching models (Flux, SD3) are sampled by FlowMatchEulerDiscreteScheduler; the A1111 samplers are built
+# for noise-prediction models and would silently draw garbage (or fail deep inside) on them, so only 'Euler',
+# which is what the flow-matching scheduler is, is accepted there
+FLOW_MATCHING_FAMILIES = ("flux", "sd3")
+FLOW_MATCHING_SAMPLERS = ("Euler",)
+
+
+def check_scheduler_fits(model: ResolvedModel, scheduler: Optional[str]) -> None:
+    """ValueError naming the scheduler field when an A1111 sampler cannot drive this model's family."""
+    if scheduler is not None and model.family in FLOW_MATCHING_FAMILIES and scheduler not in FLOW_MATCHING_SAMPLERS:
+        raise ValueError(
+            f"scheduler: {scheduler!r} is a sampler for noise-prediction models; the {model.family} family is a "
+            f"flow-matching model sampled by FlowMatchEulerDiscreteScheduler: use "
+            f"{' or '.join(map(repr, FLOW_MATCHING_SAMPLERS))}, or leave scheduler unset for the model's own")
 
 
 def _with_family_defaults(name: str, path: Path, family: str, single_file: bool = False) -> ResolvedModel:

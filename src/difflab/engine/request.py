@@ -34,6 +34,10 @@ class GenerationRequest(BaseModel):
     scheduler: Optional[str] = Field(None, description="A1111 sampler name, e.g. 'DPM++ 2M Karras'")
     width: Optional[int] = Field(None, ge=8, le=MAX_SIDE)
     height: Optional[int] = Field(None, ge=8, le=MAX_SIDE)
+    # memory and model-file safety (engine/memory.py, engine/single_file.py)
+    memory: tuple[str, ...] = Field((), description="memory knobs: attention_slicing, vae_slicing, vae_tiling, "
+                                    "model_cpu_offload, sequential_cpu_offload (comma lists accepted)")
+    allow_unsafe_pickle: bool = Field(False, description="load .ckpt/.pt/.bin model files (pickles can run code)")
 
     @field_validator("guidance")
     @classmethod
@@ -49,6 +53,13 @@ class GenerationRequest(BaseModel):
         if value is not None and value % 8:
             raise ValueError(f"must be a multiple of 8, e.g. {value - value % 8 or 8} or {value - value % 8 + 8}")
         return value
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _known_memory_knobs(cls, value):
+        from difflab.engine.memory import parse_knobs
+
+        return parse_knobs(value)  # ladder order, no duplicates; names the field when a knob is unknown
 
     @field_validator("scheduler")
     @classmethod
