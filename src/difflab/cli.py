@@ -259,12 +259,30 @@ def generate(
     height: Optional[int] = typer.Option(None),
     model: str = typer.Option("tiny-shapes", help="Preset, hub id (cached), diffusers folder or .safetensors file."),
     out: Path = typer.Option(Path("outputs"), "--out", "-o", help="Output folder."),
+    init_image: Optional[Path] = typer.Option(None, "--init-image", help="img2img: start from this image "
+                                              "(its size is the default size)."),
+    strength: Optional[float] = typer.Option(None, help="img2img/inpainting: how much is redrawn, 0-1 [0.75]."),
+    mask: Optional[Path] = typer.Option(None, help="Inpainting: mask the size of --init-image; white = redraw."),
+    refiner: Optional[str] = typer.Option(None, help="SDXL: refiner model for the last steps (ensemble of experts)."),
+    refiner_switch: Optional[float] = typer.Option(None, help="SDXL: fraction of the noise levels the base model "
+                                                   "denoises before the refiner takes over [0.8]."),
+    hires_scale: Optional[float] = typer.Option(None, help="Hires fix: generate, upscale (Lanczos) by this "
+                                                "factor (1-4], then redraw with img2img."),
+    hires_strength: Optional[float] = typer.Option(None, help="Hires fix: img2img strength [0.5]."),
+    hires_steps: Optional[int] = typer.Option(None, help="Hires fix: steps of the second pass [--steps]."),
+    long_prompt: str = typer.Option("chunk", help="Prompts over the text encoder's token limit: 'chunk' "
+                                    "(A1111: 75-token chunks, concatenated) or 'truncate' (with a warning)."),
 ) -> None:
-    """Generate images from a prompt; writes PNGs with A1111 parameters and a JSON record embedded."""
+    """Generate images from a prompt (or an init image and mask); writes PNGs with A1111 parameters and a JSON
+    record embedded. Prompts take A1111 weights: (word:1.3), (word), [word]."""
     from difflab.engine.request import build_request
 
     request = build_request(prompt=prompt, negative_prompt=negative, model=model, n=n, steps=steps,
-                            guidance=guidance, seed=seed, scheduler=scheduler, width=width, height=height)
+                            guidance=guidance, seed=seed, scheduler=scheduler, width=width, height=height,
+                            init_image=str(init_image) if init_image else None, strength=strength,
+                            mask=str(mask) if mask else None, refiner=refiner, refiner_switch=refiner_switch,
+                            hires_scale=hires_scale, hires_strength=hires_strength, hires_steps=hires_steps,
+                            long_prompt=long_prompt)
     from difflab.engine.registry import resolve_model
 
     resolve_model(request.model)  # a missing or unknown model fails here, before any output exists

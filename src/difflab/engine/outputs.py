@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from difflab.engine.metadata import format_parameters, png_info
+from difflab.engine.modes import infotext_settings, record_settings
 from difflab.engine.device import Placement
 from difflab.engine.pipeline import Result, Settings
 
@@ -46,6 +47,7 @@ def a1111_settings(settings: Settings, seed: int, hash_: str) -> dict[str, Any]:
         "Size": f"{settings.width}x{settings.height}",
         "Model hash": hash_ or None,
         "Model": settings.model.name if not Path(settings.model.name).exists() else Path(settings.model.name).name,
+        **infotext_settings(settings),  # Denoising strength, Hires upscale, ... (img2img, inpainting, hires fix)
         "Version": f"difflab {_version()}",
     }
 
@@ -65,6 +67,7 @@ def record(settings: Settings, seed: int, index: int, placement: Placement | Non
         "settings": {"width": settings.width, "height": settings.height, "steps": settings.steps,
                      "guidance": settings.guidance, "scheduler": settings.scheduler,
                      "family": settings.model.family, "model_path": str(settings.model.path)},
+        "mode": record_settings(settings),  # txt2img/img2img/inpaint, init image and mask hashes, refiner, hires
         "versions": {"difflab": _version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
                      "transformers": transformers.__version__, "python": platform.python_version()},
         # kernels differ between devices, dtypes and CPU instruction sets: replay warns when these differ

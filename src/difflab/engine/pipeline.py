@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from difflab.engine import modes
 from difflab.engine.device import Placement, choose_placement
 from difflab.engine import memory
 from difflab.engine.registry import FLOW_MATCHING_FAMILIES, ResolvedModel, check_scheduler_fits, resolve_model
@@ -36,9 +37,12 @@ class Settings:
 
     @classmethod
     def of(cls, request: GenerationRequest, model: ResolvedModel) -> "Settings":
+        from difflab.engine.modes import init_image_size
+
+        init_width, init_height = init_image_size(request) or (None, None)  # img2img: the init image's size
         return cls(
             request, model,
-            width=request.width or model.width, height=request.height or model.height,
+            width=request.width or init_width or model.width, height=request.height or init_height or model.height,
             steps=request.steps or model.steps,
             guidance=model.guidance if request.guidance is None else request.guidance,
             scheduler=request.scheduler or model.scheduler,
@@ -133,15 +137,14 @@ def run(
         pipeline.scheduler = type(original_scheduler).from_config(base_config)
     generators = generators_for(request.seed, request.n)
     kwargs = pipeline_kwargs(settings, generators)
-    if on_step is not None:
-        kwargs["callback_on_step_end"] = lambda pipe, step, timestep, tensors: (on_step(step + 1, settings.steps), tensors)[1]
     started = time.perf_counter()
     notes: list[str] = []
 
     def draw():  # fresh generators on every call: a retry after an out-of-memory error draws the same images
         fresh = {**kwargs, "generator": generators_for(request.seed, request.n)}
         with torch.inference_mode():
-            return pipeline(**fresh).images
+            # txt2img, img2img, inpainting, refiner, hires fix; weighted or long prompts as embeddings (modes.py)
+            return modes.generate(pipeline, settings, fresh, cache, on_step)
 
     images = memory.call_with_oom_retry(draw, pipeline, request.memory, cache.placement.device, notes=notes)
     return Result(settings, images, [request.seed + i for i in range(request.n)], time.perf_counter() - started,

@@ -9,7 +9,7 @@ from the model's preset.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -19,6 +19,10 @@ MAX_IMAGES = 64  # per request; a batch file splits bigger jobs into requests
 MAX_STEPS = 1000
 MAX_SIDE = 4096
 MAX_SEED = 2**32 - 1  # A1111 and diffusers seeds fit in 32 bits
+DEFAULT_STRENGTH = 0.75  # A1111's default denoising strength for img2img and inpainting
+DEFAULT_REFINER_SWITCH = 0.8  # the SDXL report's split: the base model denoises the first 80% of the noise levels
+DEFAULT_HIRES_STRENGTH = 0.5
+MAX_HIRES_SCALE = 4.0
 
 
 class GenerationRequest(BaseModel):
@@ -34,6 +38,20 @@ class GenerationRequest(BaseModel):
     scheduler: Optional[str] = Field(None, description="A1111 sampler name, e.g. 'DPM++ 2M Karras'")
     width: Optional[int] = Field(None, ge=8, le=MAX_SIDE)
     height: Optional[int] = Field(None, ge=8, le=MAX_SIDE)
+    # img2img / inpainting / refiner / hires fix (engine/modes.py, engine/hires.py)
+    init_image: Optional[str] = Field(None, description="image to start from (img2img); its size is the default size")
+    strength: Optional[float] = Field(None, gt=0, le=1, description="how much of the init image is redrawn "
+                                      f"[default {DEFAULT_STRENGTH} with an init image]")
+    mask: Optional[str] = Field(None, description="inpainting mask, same size as init_image: white = redraw")
+    refiner: Optional[str] = Field(None, description="SDXL refiner model for the last steps (ensemble of experts)")
+    refiner_switch: Optional[float] = Field(None, gt=0, lt=1, description="fraction of the steps the base model "
+                                            f"runs before the refiner [default {DEFAULT_REFINER_SWITCH}]")
+    hires_scale: Optional[float] = Field(None, gt=1, le=MAX_HIRES_SCALE, description="hires fix: upscale factor")
+    hires_strength: Optional[float] = Field(None, gt=0, le=1, description="hires fix: img2img strength "
+                                            f"[default {DEFAULT_HIRES_STRENGTH}]")
+    hires_steps: Optional[int] = Field(None, ge=1, le=MAX_STEPS, description="hires fix: steps [default: steps]")
+    long_prompt: Literal["chunk", "truncate"] = Field(
+        "chunk", description="prompts over the text encoder's limit: A1111-style 75-token chunks, or truncated")
     # memory and model-file safety (engine/memory.py, engine/single_file.py)
     memory: tuple[str, ...] = Field((), description="memory knobs: attention_slicing, vae_slicing, vae_tiling, "
                                     "model_cpu_offload, sequential_cpu_offload (comma lists accepted)")
@@ -70,6 +88,13 @@ class GenerationRequest(BaseModel):
     def _prompt_given(self) -> "GenerationRequest":
         if not self.prompt.strip():
             raise ValueError("prompt: must not be empty")
+        return self
+
+    @model_validator(mode="after")
+    def _images_consistent(self) -> "GenerationRequest":
+        from difflab.engine.modes import check_request_images
+
+        check_request_images(self)  # files exist, decode, and sizes agree: before any model loads
         return self
 
 
