@@ -1,0 +1,230 @@
+"""AUTOMATIC1111-compatible endpoints (``/sdapi/v1``), so existing A1111 clients and scripts work unchanged.
+
+An A1111 body is translated into a GenerationRequest and goes through the same queue and worker as ``/v1``, so
+the images are the same pixels and carry the same metadata. Field names and defaults follow A1111's
+``modules/api/models.py``; the ``info`` string follows ``Processed.js()`` in ``modules/processing.py``, and a
+seed of -1 draws a random seed the way ``get_fixed_seed`` does, recorded in ``info`` and in the PNG. Two
+deliberate differences: omitted ``steps``/``cfg_scale``/``width``/``height`` take the model's defaults (A1111's
+50 steps and 512x512 would be wrong for most models), and a field that would change the image in a way difflab
+cannot reproduce (``restore_faces``, ``tiling``, variation seeds) is refused with 422 instead of ignored.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import random
+import re
+from typing import Any, Optional
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from difflab.serve.app import ServerState, server_of
+from difflab.serve.catalog import FieldError
+from difflab.serve.errors import error_response, field_errors
+from difflab.serve.routes import failed_job_response, submit, wait_until_finished
+
+router = APIRouter(prefix="/sdapi/v1", tags=["a1111"])
+_CHECKPOINT_TITLE = re.compile(r"^(.*?)(?: \[[0-9a-f]{8,64}\])?$")  # "name [hash]" as A1111 titles checkpoints
+# GenerationRequest field -> the A1111 field a client sent, for error messages in the client's own terms
+A1111_NAMES = {"guidance": "cfg_scale", "scheduler": "sampler_name", "n": "batch_size",
+               "model": "override_settings.sd_model_checkpoint", "strength": "denoising_strength"}
+
+
+class Txt2ImgRequest(BaseModel):
+    """The A1111 fields difflab maps; other A1111 fields are accepted and ignored when they are at their
+    defaults (extra="allow" keeps them for that check)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    steps: Optional[int] = None
+    cfg_scale: Optional[float] = None
+    seed: int = -1
+    sampler_name: Optional[str] = None
+    sampler_index: Optional[str] = None  # A1111's older name for the sampler
+    scheduler: Optional[str] = None  # A1111 >= 1.9 splits "DPM++ 2M Karras" into sampler + "Karras"
+    width: Optional[int] = None
+    height: Optional[int] = None
+    batch_size: int = Field(1, ge=1)
+    n_iter: int = Field(1, ge=1)
+    override_settings: dict[str, Any] = Field(default_factory=dict)
+    send_images: bool = True
+    save_images: bool = False
+
+
+# A1111 fields that change the picture in ways difflab does not implement: refused unless at their default
+UNSUPPORTED_UNLESS_DEFAULT = {"restore_faces": (None, False), "tiling": (None, False), "subseed_strength": (None, 0, 0.0),
+                              "seed_resize_from_w": (None, -1, 0), "seed_resize_from_h": (None, -1, 0),
+                              "enable_hr": (None, False), "refiner_checkpoint": (None, "", "None"),
+                              "script_name": (None, ""), "alwayson_scripts": (None, {})}
+
+
+def to_generation_body(server: ServerState, body: Txt2ImgRequest) -> dict[str, Any]:
+    """A1111 fields -> a GenerationRequest body (not yet validated); FieldError for unsupported settings."""
+    extra = body.model_extra or {}
+    for name, defaults in UNSUPPORTED_UNLESS_DEFAULT.items():
+        if name in extra and extra[name] not in defaults:
+            raise FieldError(name, f"is not supported by difflab (send {defaults[-1]!r} or leave it out)")
+    sampler = body.sampler_name or body.sampler_index
+    if body.scheduler not in (None, "", "Automatic", "automatic"):
+        if body.scheduler.lower() != "karras":
+            raise FieldError("scheduler", f"must be 'Automatic' or 'Karras' (difflab's sampler names carry the "
+                                          f"schedule, e.g. 'DPM++ 2M Karras'); got {body.scheduler!r}")
+        if sampler and not sampler.lower().endswith("karras"):
+            sampler = f"{sampler} Karras"
+    checkpoint = body.override_settings.get("sd_model_checkpoint") or server.a1111_options["sd_model_checkpoint"]
+    n = body.batch_size * body.n_iter  # A1111 draws image i of the whole job with seed + i, as difflab does
+    seed = body.seed if body.seed != -1 else random.SystemRandom().randrange(2**32 - n)
+    return {"prompt": body.prompt, "negative_prompt": body.negative_prompt, "model": checkpoint_name(checkpoint),
+            "n": n, "steps": body.steps, "guidance": body.cfg_scale, "seed": seed, "scheduler": sampler,
+            "width": body.width, "height": body.height}
+
+
+def checkpoint_name(title: str) -> str:
+    return _CHECKPOINT_TITLE.match(title).group(1)
+
+
+def a1111_error(error: Exception, rename: bool = True) -> JSONResponse:
+    """A validation error, with GenerationRequest's field names turned into A1111's when ``rename``."""
+    if isinstance(error, FieldError):
+        fields = [{"field": error.field, "message": error.message}]
+    else:
+        fields = field_errors(error.errors())
+    for item in fields if rename else ():
+        item["field"] = A1111_NAMES.get(item["field"], item["field"])
+    return error_response(422, "invalid_request", "; ".join(f"{f['field']}: {f['message']}" for f in fields), fields)
+
+
+@router.post("/txt2img")
+async def txt2img(request: Request, body: Txt2ImgRequest):
+    """A1111's txt2img: ``{"images": [base64 PNG], "parameters": {...}, "info": "<JSON string>"}``."""
+    server = server_of(request)
+    try:
+        generation_body = to_generation_body(server, body)
+    except FieldError as error:  # already in A1111's terms
+        return a1111_error(error, rename=False)
+    try:
+        job = await submit(server, generation_body, "a1111")
+    except (FieldError, ValidationError) as error:  # in GenerationRequest's terms
+        return a1111_error(error)
+    job = await wait_until_finished(server, job)
+    if job.state != "done":
+        return failed_job_response(server, job)
+    return await run_in_threadpool(txt2img_response, server, job, body)
+
+
+def txt2img_response(server: ServerState, job, body: Txt2ImgRequest) -> dict[str, Any]:
+    from difflab.engine.metadata import parse_parameters, read_png_metadata
+
+    paths = [server.config.images_dir / image["file"] for image in job.images]
+    infotexts, records = zip(*(read_png_metadata(path) for path in paths))
+    _, _, first = parse_parameters(infotexts[0])
+    request, settings = job.request, records[0]["settings"]
+    n = len(paths)
+    info = {  # the keys and order of A1111's Processed.js()
+        "prompt": request["prompt"], "all_prompts": [request["prompt"]] * n,
+        "negative_prompt": request["negative_prompt"], "all_negative_prompts": [request["negative_prompt"]] * n,
+        "seed": request["seed"], "all_seeds": [image["seed"] for image in job.images],
+        "subseed": -1, "all_subseeds": [-1] * n, "subseed_strength": 0,
+        "width": settings["width"], "height": settings["height"], "sampler_name": first.get("Sampler"),
+        "cfg_scale": settings["guidance"], "steps": settings["steps"], "batch_size": body.batch_size,
+        "restore_faces": False, "face_restoration_model": None,
+        "sd_model_name": first.get("Model"), "sd_model_hash": first.get("Model hash"),
+        "sd_vae_name": None, "sd_vae_hash": None, "seed_resize_from_w": -1, "seed_resize_from_h": -1,
+        "denoising_strength": request.get("strength"), "extra_generation_params": {},
+        "index_of_first_image": 0, "infotexts": list(infotexts), "styles": [],
+        "job_timestamp": datetime.datetime.fromtimestamp(job.started).strftime("%Y%m%d%H%M%S"),
+        "clip_skip": 1, "is_using_inpainting_conditioning": False, "version": first.get("Version"),
+    }
+    images = [base64.b64encode(path.read_bytes()).decode("ascii") for path in paths] if body.send_images else []
+    return {"images": images, "parameters": body.model_dump(), "info": json.dumps(info)}
+
+
+@router.get("/sd-models")
+async def sd_models(request: Request):
+    """The models available on this machine, as A1111 lists checkpoints."""
+    return await run_in_threadpool(_sd_models, server_of(request))
+
+
+def _sd_models(server: ServerState) -> list[dict[str, Any]]:
+    from difflab.engine.outputs import model_hash
+    from difflab.engine.registry import resolve_model
+    from difflab.serve.routes import model_entries
+
+    items = []
+    for entry in model_entries(server):
+        if not entry["available"]:
+            continue
+        model = resolve_model(server.catalog.model_path("model", entry["name"]))
+        hash_ = model_hash(model.path) or None
+        items.append({"title": f"{entry['name']} [{hash_}]" if hash_ else entry["name"], "model_name": entry["name"],
+                      "hash": hash_, "sha256": None, "filename": str(model.path), "config": None})
+    return items
+
+
+@router.get("/samplers")
+async def samplers():
+    from difflab.engine.schedulers import SAMPLER_SPECS
+
+    return [{"name": spec.name, "aliases": list(spec.aliases), "options": {k: str(v) for k, v in spec.options.items()}}
+            for spec in SAMPLER_SPECS]
+
+
+@router.get("/options")
+async def get_options(request: Request):
+    return {**server_of(request).a1111_options, "samples_format": "png"}
+
+
+@router.post("/options")
+async def set_options(request: Request, options: dict[str, Any]):
+    """Only ``sd_model_checkpoint`` is settable; other A1111 options are refused by name."""
+    server = server_of(request)
+    unknown = sorted(set(options) - {"sd_model_checkpoint"})
+    if unknown:
+        return error_response(422, "invalid_request", f"{unknown[0]}: is not an option difflab supports",
+                              [{"field": name, "message": "is not an option difflab supports"} for name in unknown])
+    try:
+        server.catalog.model_path("sd_model_checkpoint", checkpoint_name(str(options["sd_model_checkpoint"])))
+    except FieldError as error:
+        return a1111_error(error, rename=False)
+    server.a1111_options["sd_model_checkpoint"] = checkpoint_name(str(options["sd_model_checkpoint"]))
+    return None
+
+
+@router.get("/progress")
+async def progress(request: Request):
+    """The running job's progress, in A1111's ProgressResponse shape."""
+    import time
+
+    server = server_of(request)
+    current = server.worker.current
+    job = server.store.get(current.id) if current is not None else None
+    counts = server.store.counts()
+    fraction = job.step / job.steps if job is not None and job.steps else 0.0
+    elapsed = time.time() - job.started if job is not None and job.started else 0.0
+    eta = elapsed / fraction - elapsed if fraction > 0 else 0.0
+    return {
+        "progress": round(fraction, 4), "eta_relative": round(eta, 3),
+        "state": {"skipped": False, "interrupted": bool(job and job.cancel_requested), "stopping_generation": False,
+                  "job": job.id if job else "", "job_count": counts["queued"] + counts["running"],
+                  "job_timestamp": (datetime.datetime.fromtimestamp(job.started).strftime("%Y%m%d%H%M%S")
+                                    if job and job.started else "0"),
+                  "job_no": 0, "sampling_step": job.step if job else 0, "sampling_steps": job.steps if job else 0},
+        "current_image": None, "textinfo": None,
+    }
+
+
+@router.post("/interrupt")
+async def interrupt(request: Request):
+    """Stop the running job at its next step (A1111's Interrupt button)."""
+    server = server_of(request)
+    current = server.worker.current
+    if current is not None:
+        server.store.cancel(current.id)
+    return None

@@ -1,0 +1,154 @@
+"""What a client may name: models from the server's catalog, input files from its inputs folder, nothing else.
+
+The CLI trusts its user with any path; a server must not. A request body is untrusted, so before it becomes a
+GenerationRequest the server rewrites its names into paths it chose:
+
+- ``model`` / ``refiner``: a preset (``tiny-shapes``, ``sdxl``, ...), the name of a diffusers folder in the
+  server's ``--models-dir``, or a hub id ``owner/name`` (looked up only in the local Hugging Face cache).
+  A path is refused: ``/etc`` or ``../../x`` must not become something the server opens.
+- ``init_image`` / ``mask``: a file name inside ``DATA_DIR/inputs`` (where ``POST /v1/inputs`` puts uploads).
+- ``loras``: ``NAME[:WEIGHT]`` with NAME a LoRA in the server's LoRA folder (a file or a peft folder).
+- ``allow_unsafe_pickle`` cannot be switched on through the server: a pickle can run code on it.
+- any other string anywhere in the body that looks like a path leaving its folder (absolute, ``~``, ``..``) is
+  refused too, so a field added to GenerationRequest later cannot open a hole by accident.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any, Optional
+
+MODEL_FIELDS = ("model", "refiner")
+LORA_FIELD = "loras"
+REFUSED_IF_TRUE = {"allow_unsafe_pickle": "is not allowed through the server (unpickling can run code)"}
+INPUT_FILE_FIELDS = ("init_image", "mask")
+TEXT_FIELDS = ("prompt", "negative_prompt", "scheduler", "long_prompt")  # free text, never opened as files
+_FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}$")
+_MAX_PATH_LIKE = 1024  # longer strings are data (base64 images), not paths
+
+
+class FieldError(ValueError):
+    """A bad value in one named field of a request body."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def escapes_folder(value: str) -> bool:
+    """True for a string that, used as a path, could leave the folder it is joined to."""
+    if not value or len(value) > _MAX_PATH_LIKE or "\n" in value:
+        return False
+    if value.startswith("~") or "\x00" in value:
+        return True
+    for pure in (PurePosixPath(value), PureWindowsPath(value)):
+        if pure.is_absolute() or pure.anchor or ".." in pure.parts:
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class Catalog:
+    models_dir: Optional[Path]
+    inputs_dir: Path
+    loras_dir: Optional[Path] = None
+
+    def loras(self) -> dict[str, Path]:
+        """LoRAs in ``loras_dir`` by name: ``x.safetensors`` files (name ``x``) and peft/diffusers folders."""
+        if self.loras_dir is None or not self.loras_dir.is_dir():
+            return {}
+        found = {}
+        for path in sorted(self.loras_dir.iterdir()):
+            name = path.stem if path.suffix == ".safetensors" else path.name
+            if (path.is_dir() or path.suffix == ".safetensors") and _FOLDER_NAME.match(name):
+                if path.resolve().is_relative_to(self.loras_dir.resolve()):  # no symlinks out of the folder
+                    found[name] = path
+        return found
+
+    def lora_spec(self, field: str, spec: str) -> str:
+        """``NAME[:WEIGHT]`` -> ``/server/path[:WEIGHT]`` for a LoRA in the server's folder."""
+        name, sep, weight = spec.strip().rpartition(":")
+        if not sep or not _is_number(weight):
+            name, weight = spec.strip(), ""
+        loras = self.loras()
+        if name not in loras:
+            choices = ", ".join(loras) or f"none (the LoRA folder {str(self.loras_dir)!r} is empty)"
+            raise FieldError(field, f"must be NAME[:WEIGHT] with NAME one of the server's LoRAs: {choices}; "
+                                    f"got {spec[:100]!r}")
+        return str(loras[name].resolve()) + (f":{weight}" if weight else "")
+
+    def folder_models(self) -> dict[str, Path]:
+        """Diffusers folders in ``models_dir``, by folder name."""
+        if self.models_dir is None or not self.models_dir.is_dir():
+            return {}
+        return {path.name: path for path in sorted(self.models_dir.iterdir())
+                if (path / "model_index.json").is_file() and _FOLDER_NAME.match(path.name)}
+
+    def model_path(self, field: str, name: str) -> str:
+        """The engine's model string for a client's model name; FieldError naming ``field`` otherwise."""
+        from difflab.engine.registry import PRESETS
+
+        if name in PRESETS:
+            return name
+        folders = self.folder_models()
+        if name in folders:
+            return str(folders[name].resolve())
+        if _HUB_ID.match(name) and not escapes_folder(name) and ".." not in name:
+            return name  # resolve_model looks for it only in the local Hugging Face cache
+        choices = ", ".join([*PRESETS, *folders])
+        raise FieldError(field, f"must be one of the server's models ({choices}) or a cached hub id; got {name!r}")
+
+    def input_path(self, field: str, name: str) -> str:
+        if escapes_folder(name) or not _FOLDER_NAME.match(name):
+            raise FieldError(field, f"must be a file name from POST /v1/inputs (no folders); got {name[:100]!r}")
+        path = self.inputs_dir / name
+        if not path.is_file():
+            raise FieldError(field, f"no uploaded input named {name!r} (upload it with POST /v1/inputs)")
+        return str(path.resolve())
+
+    def rewrite(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The body with client names replaced by server paths; FieldError for anything outside the catalog."""
+        if not isinstance(body, dict):
+            raise FieldError("body", "must be a JSON object")
+        body = dict(body)
+        for field in MODEL_FIELDS:
+            if isinstance(body.get(field), str):
+                body[field] = self.model_path(field, body[field])
+        for field in INPUT_FILE_FIELDS:
+            if isinstance(body.get(field), str):
+                body[field] = self.input_path(field, body[field])
+        for field, message in REFUSED_IF_TRUE.items():
+            if body.get(field):
+                raise FieldError(field, message)
+        loras = body.get(LORA_FIELD)
+        if isinstance(loras, str):
+            loras = [part for part in loras.split(",") if part.strip()]
+        if isinstance(loras, (list, tuple)):
+            body[LORA_FIELD] = [self.lora_spec(f"{LORA_FIELD}.{index}", str(item)) for index, item in enumerate(loras)]
+        for field, value in body.items():
+            if field not in (*MODEL_FIELDS, *INPUT_FILE_FIELDS, *TEXT_FIELDS, LORA_FIELD):
+                _refuse_paths(field, value)
+        return body
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _refuse_paths(field: str, value: Any) -> None:
+    if isinstance(value, str) and escapes_folder(value):
+        raise FieldError(field, f"paths outside the server's folders are not allowed; got {value[:100]!r}")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_paths(f"{field}.{key}", item)
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _refuse_paths(f"{field}.{index}", item)
