@@ -18,8 +18,9 @@ ddpm_app = typer.Typer(help="Pixel-space diffusion from scratch (lab 1): train a
 viz_app = typer.Typer(help="Pictures that explain diffusion.", no_args_is_help=True)
 app.add_typer(ddpm_app, name="ddpm")
 app.add_typer(viz_app, name="viz")
-from difflab.train.cli import train_app  # noqa: E402  (typer only; the trainer is imported inside the command)
+from difflab.train.cli import lora_app, train_app  # noqa: E402  (typer only; trainers load inside the commands)
 app.add_typer(train_app, name="train")
+app.add_typer(lora_app, name="lora")
 from difflab.eval.cli import eval_app  # noqa: E402  (typer only)
 app.add_typer(eval_app, name="eval")
 
@@ -259,6 +260,8 @@ def generate(
     height: Optional[int] = typer.Option(None),
     model: str = typer.Option("tiny-shapes", help="Preset, hub id (cached), diffusers folder or .safetensors file."),
     out: Path = typer.Option(Path("outputs"), "--out", "-o", help="Output folder."),
+    lora: list[str] = typer.Option([], "--lora", help="NAME_OR_PATH[:WEIGHT], repeatable: LoRAs combined with "
+                                   "their weights; names are looked up in $DIFFLAB_LORA_DIR (default ./loras)."),
     init_image: Optional[Path] = typer.Option(None, "--init-image", help="img2img: start from this image "
                                               "(its size is the default size)."),
     strength: Optional[float] = typer.Option(None, help="img2img/inpainting: how much is redrawn, 0-1 [0.75]."),
@@ -279,7 +282,7 @@ def generate(
 
     request = build_request(prompt=prompt, negative_prompt=negative, model=model, n=n, steps=steps,
                             guidance=guidance, seed=seed, scheduler=scheduler, width=width, height=height,
-                            init_image=str(init_image) if init_image else None, strength=strength,
+                            loras=lora, init_image=str(init_image) if init_image else None, strength=strength,
                             mask=str(mask) if mask else None, refiner=refiner, refiner_switch=refiner_switch,
                             hires_scale=hires_scale, hires_strength=hires_strength, hires_steps=hires_steps,
                             long_prompt=long_prompt)

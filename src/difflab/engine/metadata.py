@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from PIL import Image, PngImagePlugin
 
@@ -38,6 +38,16 @@ def format_parameters(prompt: str, negative_prompt: str, settings: Mapping[str, 
         lines.append(NEGATIVE_PREFIX + negative_prompt)
     lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in settings.items() if value is not None))
     return "\n".join(lines)
+
+
+def lora_prompt_tags(loras: Sequence[tuple[str, float]]) -> str:
+    """A1111's prompt syntax for LoRAs, appended to the prompt: `` <lora:hexagon:0.8> <lora:style:0.5>``."""
+    return "".join(f" <lora:{name}:{weight:g}>" for name, weight in loras)
+
+
+def format_lora_hashes(hashes: Sequence[tuple[str, str]]) -> str:
+    """The value of A1111's ``Lora hashes`` setting: ``name: hash, name: hash`` (quoted by format_parameters)."""
+    return ", ".join(f"{name}: {hash_}" for name, hash_ in hashes)
 
 
 # one "Key: value" pair: the value is a JSON string or runs to the next ", Key:" (A1111's own re_param)

@@ -8,7 +8,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from difflab.engine.metadata import format_parameters, png_info
+from difflab.engine.lora import lora_hash
+from difflab.engine.metadata import format_lora_hashes, format_parameters, lora_prompt_tags, png_info
 from difflab.engine.modes import infotext_settings, record_settings
 from difflab.engine.device import Placement
 from difflab.engine.pipeline import Result, Settings
@@ -94,9 +95,19 @@ def image_png(result: Result, index: int, placement: Placement | None = None) ->
     from difflab.viz.grid import png_bytes
 
     settings, seed = result.settings, result.seeds[index]
-    parameters = format_parameters(settings.request.prompt, settings.request.negative_prompt,
-                                   a1111_settings(settings, seed, model_hash(settings.model.path)))
-    return png_bytes(result.images[index], pnginfo=png_info(parameters, record(settings, seed, index, placement)))
+    fields = a1111_settings(settings, seed, model_hash(settings.model.path))
+    full_record = record(settings, seed, index, placement)
+    prompt = settings.request.prompt
+    if result.loras:  # A1111 writes LoRAs as <lora:name:weight> in the prompt and their hashes in the settings
+        pairs = [(lora.name, lora.weight) for lora in result.loras]
+        prompt += lora_prompt_tags(pairs)
+        fields = {**{k: v for k, v in fields.items() if k != "Version"},
+                  "Lora hashes": format_lora_hashes([(lora.name, lora_hash(lora.file)) for lora in result.loras]),
+                  "Version": fields.get("Version")}
+        full_record["loras"] = [{"name": lora.name, "weight": lora.weight, "file": str(lora.file),
+                                 "format": lora.format, "hash": lora_hash(lora.file)} for lora in result.loras]
+    parameters = format_parameters(prompt, settings.request.negative_prompt, fields)
+    return png_bytes(result.images[index], pnginfo=png_info(parameters, full_record))
 
 
 def _version() -> str:

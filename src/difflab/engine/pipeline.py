@@ -56,6 +56,7 @@ class Result:
     seeds: list[int]
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)  # what the engine changed on its own (an OOM retry), for the user
+    loras: list = field(default_factory=list)  # engine.lora.ResolvedLora applied to these images, for metadata
 
 
 @dataclass
@@ -127,6 +128,9 @@ def run(
     model = resolve_model(request.model, request.allow_unsafe_pickle)
     settings = Settings.of(request, model)
     check_scheduler_fits(model, settings.scheduler)  # before any weights load
+    from difflab.engine.lora import applied_loras, resolve_all
+
+    loras = resolve_all(request.loras)  # a missing LoRA file fails here, before any weights load
     pipeline, original_scheduler = cache.get(model)
     # a fresh scheduler from the model's own config on every request: schedulers keep state between steps, and a
     # cached pipeline must never carry one request's sampler into the next
@@ -146,6 +150,7 @@ def run(
             # txt2img, img2img, inpainting, refiner, hires fix; weighted or long prompts as embeddings (modes.py)
             return modes.generate(pipeline, settings, fresh, cache, on_step)
 
-    images = memory.call_with_oom_retry(draw, pipeline, request.memory, cache.placement.device, notes=notes)
+    with applied_loras(pipeline, loras):  # loaded for this request only: unloaded even when drawing fails
+        images = memory.call_with_oom_retry(draw, pipeline, request.memory, cache.placement.device, notes=notes)
     return Result(settings, images, [request.seed + i for i in range(request.n)], time.perf_counter() - started,
-                  notes=notes)
+                  notes=notes, loras=loras)

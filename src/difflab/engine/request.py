@@ -56,6 +56,8 @@ class GenerationRequest(BaseModel):
     memory: tuple[str, ...] = Field((), description="memory knobs: attention_slicing, vae_slicing, vae_tiling, "
                                     "model_cpu_offload, sequential_cpu_offload (comma lists accepted)")
     allow_unsafe_pickle: bool = Field(False, description="load .ckpt/.pt/.bin model files (pickles can run code)")
+    loras: tuple[str, ...] = Field((), max_length=8, description="LoRAs as NAME_OR_PATH[:WEIGHT], combined "
+                                   "with their weights (engine/lora.py)")
 
     @field_validator("guidance")
     @classmethod
@@ -78,6 +80,14 @@ class GenerationRequest(BaseModel):
         from difflab.engine.memory import parse_knobs
 
         return parse_knobs(value)  # ladder order, no duplicates; names the field when a knob is unknown
+
+    @field_validator("loras", mode="before")
+    @classmethod
+    def _lora_specs(cls, value):
+        from difflab.engine.lora import parse_lora_spec
+
+        items = [value] if isinstance(value, str) else list(value or ())
+        return tuple(str(parse_lora_spec(str(item))) for item in items)  # canonical "name:weight"
 
     @field_validator("scheduler")
     @classmethod

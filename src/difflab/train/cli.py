@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-train_app = typer.Typer(help="Train models: the bundled text-to-image model from scratch.", no_args_is_help=True)
+train_app = typer.Typer(help="Train models: the bundled text-to-image model from scratch, LoRAs.", no_args_is_help=True)
 
 
 @train_app.command("t2i")
@@ -41,5 +41,82 @@ def t2i(
         typer.echo(f"run: {out}")
         if (out / "pipeline" / "model_index.json").is_file():
             typer.echo(f"pipeline: {out / 'pipeline'}")
+
+    run()
+
+
+@train_app.command("lora")
+def lora(
+    base: str = typer.Option("tiny-shapes", "--base", help="Base model: preset, diffusers folder or cached hub id."),
+    data: Path = typer.Option(..., "--data", help="Folder of images with same-named .txt captions."),
+    trigger: str = typer.Option(..., "--trigger", help="Trigger word; fills {trigger} in --caption-template."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: LoRA files, training state, curves."),
+    caption_template: str = typer.Option("{trigger}", help="Caption of an image without a .txt file."),
+    rank: int = typer.Option(8, help="LoRA rank r."),
+    alpha: Optional[float] = typer.Option(None, help="LoRA alpha; the update is scaled by alpha / rank [default: rank]."),
+    lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (warm-up, then cosine decay to 10%)."),
+    text_encoder_lr: Optional[float] = typer.Option(None, help="Text encoder LoRA's rate [default: --lr]."),
+    warmup_steps: int = typer.Option(20, help="Linear warm-up steps."),
+    steps: int = typer.Option(500, help="Optimizer steps."),
+    batch_size: int = typer.Option(8, help="Images per step."),
+    text_encoder_lora: bool = typer.Option(False, help="Also train a LoRA on the text encoder's attention."),
+    validate_every: int = typer.Option(0, help="Write validation images every N steps (0: never)."),
+    validation_prompt: list[str] = typer.Option([], "--validation-prompt", help="Repeatable [default: the first "
+                                                "4 captions]."),
+    checkpoint_every: int = typer.Option(100, help="Write the LoRA files and training state every N steps."),
+    resume: bool = typer.Option(False, help="Continue from the training state in --out, exactly."),
+    seed: int = typer.Option(0, help="LoRA initialisation and every random draw."),
+    mixed_precision: str = typer.Option("no", help="no, fp16 or bf16 (autocast; fp16 needs a GPU)."),
+    gradient_checkpointing: bool = typer.Option(False, help="Less memory, more compute (large bases on GPU)."),
+    resolution: Optional[int] = typer.Option(None, help="Training image side [default: the base model's]."),
+) -> None:
+    """Train a LoRA on a folder of captioned images; writes diffusers and kohya .safetensors and a JSON record."""
+    from difflab.cli import fail, progress_bar, user_errors
+
+    @user_errors
+    def run() -> None:
+        from difflab.train.lora import train_lora
+        from difflab.train.lora_config import LoraTrainConfig
+
+        if not data.is_dir():
+            fail(f"--data {str(data)!r} is not a folder")
+        config = LoraTrainConfig(
+            base=base, data=str(data), trigger=trigger, caption_template=caption_template, rank=rank, alpha=alpha,
+            learning_rate=lr, text_encoder_learning_rate=text_encoder_lr, warmup_steps=warmup_steps, steps=steps,
+            batch_size=batch_size, text_encoder_lora=text_encoder_lora, validate_every=validate_every,
+            validation_prompts=tuple(validation_prompt), checkpoint_every=checkpoint_every, seed=seed,
+            mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing, resolution=resolution,
+        )
+        with progress_bar("lora") as progress:
+            task = progress.add_task("lora", total=steps, info="")
+            for event in train_lora(config, out, resume=resume):
+                progress.update(task, completed=event.step, info=f"loss {event.loss:.4f}")
+        typer.echo(str(out / "pytorch_lora_weights.safetensors"))
+
+    run()
+
+
+lora_app = typer.Typer(help="LoRA helpers: training sets.", no_args_is_help=True)
+
+
+@lora_app.command("make-dataset")
+def make_dataset(
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write NNNN.png + NNNN.txt into."),
+    shape: str = typer.Option("hexagon", help="Shape to render (hexagon is held out of the bundled model)."),
+    n: int = typer.Option(20, "-n", help="Number of images."),
+    trigger: Optional[str] = typer.Option(None, help="Word put before each caption [default: none; the captions "
+                                          "name the shape]."),
+    seed: int = typer.Option(0),
+    resolution: int = typer.Option(64),
+) -> None:
+    """Write a LoRA training set of one shape from the procedural shapes world, with captions."""
+    from difflab.cli import user_errors
+
+    @user_errors
+    def run() -> None:
+        from difflab.data.captioned_folder import write_shape_set
+
+        paths = write_shape_set(out, shape, n, seed, resolution, trigger)
+        typer.echo(f"{len(paths)} images in {out}")
 
     run()

@@ -1,0 +1,471 @@
+"""LoRA fine-tuning of a Stable Diffusion-family pipeline, as a generator of progress events.
+
+LoRA (Hu et al. 2021) freezes a layer's weight W and learns a low-rank update, ``W + (alpha / r) * B A`` with
+A (r x in) and B (out x r), B starting at zero so step 0 is the base model. As diffusers'
+``examples/text_to_image/train_text_to_image_lora.py`` does, peft adapters go on the U-Net's attention
+projections (to_q, to_k, to_v, to_out.0) and, optionally, the text encoder's (q/k/v/out_proj); the loss is the
+base model's denoising loss on the LoRA's images:
+
+    z_0 = scaling_factor * sample of q(z | x) (cached VAE posteriors),  t ~ U{0..T-1},  eps ~ N(0, I)
+    loss = || target - unet(sqrt(ab_t) z_0 + sqrt(1 - ab_t) eps, t, text_encoder(caption)) ||^2
+
+with target eps or v per the base model's scheduler. Every random draw of step k comes from a generator seeded
+with (seed, k), and the training state (LoRA weights, AdamW moments, step) is saved as safetensors, so
+``resume`` continues exactly as the uninterrupted run would have.
+
+Layout of ``out``::
+
+    pytorch_lora_weights.safetensors   diffusers format: pipe.load_lora_weights(out) loads it
+    kohya/<out name>.safetensors       kohya format (lora_unet_..., .alpha, ss_* metadata): A1111, ComfyUI
+    training.json                      how it was trained: config, base model hash, steps, time, final loss
+    training_state.safetensors         LoRA weights + optimizer state, for --resume
+    loss.csv, loss.png                 per-step loss and its curve
+    validation/step-000100.png         validation images (one column per prompt)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+import torch
+
+from difflab.core.checkpoint import (
+    CheckpointError,
+    atomic_save_safetensors,
+    atomic_write_bytes,
+    optimizer_tensors,
+    read_safetensors_with_metadata,
+    restore_optimizer,
+)
+from difflab.core.train import learning_rate_at
+from difflab.train.lora_config import TEXT_ENCODER_TARGETS, UNET_TARGETS, LoraTrainConfig
+
+STATE_NAME = "training_state.safetensors"
+DIFFUSERS_NAME = "pytorch_lora_weights.safetensors"  # diffusers' save_lora_weights default name
+RECORD_NAME = "training.json"
+SUPPORTED_FAMILIES = ("sd",)  # the StableDiffusionPipeline family; SDXL and Flux bases are not done yet
+
+
+@dataclass(frozen=True)
+class LoraEvent:
+    step: int  # steps done so far
+    total: int
+    loss: float
+    learning_rate: float
+    seconds: float  # wall time of the run, resumed parts included
+    checkpoint: Optional[Path] = None  # set where the LoRA files and training state were written
+    validation: Optional[Path] = None  # set where a validation grid was written
+
+
+# --- the base model with adapters ----------------------------------------------------------------------------
+
+
+def load_base(config: LoraTrainConfig, device: str = "cpu"):
+    """(pipeline, resolved model) of the base, frozen, with fresh LoRA adapters seeded by ``config.seed``."""
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig
+
+    from difflab.engine.registry import resolve_model
+
+    model = resolve_model(config.base)
+    if model.family not in SUPPORTED_FAMILIES:
+        raise ValueError(f"base: LoRA training supports the {', '.join(SUPPORTED_FAMILIES)} family for now; "
+                         f"{config.base!r} is {model.family}")
+    if model.single_file:
+        pipe = StableDiffusionPipeline.from_single_file(str(model.path), local_files_only=True)
+    else:
+        pipe = StableDiffusionPipeline.from_pretrained(str(model.path), use_safetensors=True, local_files_only=True,
+                                                       safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    for part in (pipe.vae, pipe.text_encoder, pipe.unet):
+        part.requires_grad_(False).eval()
+    torch.manual_seed(config.seed)  # the LoRA A matrices' initialisation
+    pipe.unet.add_adapter(_lora_config(config, UNET_TARGETS))
+    if config.text_encoder_lora:
+        pipe.text_encoder.add_adapter(_lora_config(config, TEXT_ENCODER_TARGETS))
+    if config.gradient_checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
+        if config.text_encoder_lora:
+            pipe.text_encoder.gradient_checkpointing_enable()
+    return pipe.to(device), model
+
+
+def _lora_config(config: LoraTrainConfig, targets: Sequence[str]):
+    from peft import LoraConfig
+
+    # "gaussian" initialises A ~ N(0, 1/r) and B = 0, as diffusers' example does
+    return LoraConfig(r=config.rank, lora_alpha=config.lora_alpha, init_lora_weights="gaussian",
+                      target_modules=list(targets))
+
+
+def trainable(pipe, config: LoraTrainConfig) -> dict[str, dict[str, torch.nn.Parameter]]:
+    parts = {"unet": pipe.unet, **({"text_encoder": pipe.text_encoder} if config.text_encoder_lora else {})}
+    return {name: {k: p for k, p in module.named_parameters() if p.requires_grad} for name, module in parts.items()}
+
+
+# --- data: cached posteriors and captions ------------------------------------------------------------------
+
+
+@dataclass
+class _Cache:
+    mean: torch.Tensor  # (N, C, h, w) VAE posterior means, already times scaling_factor
+    std: torch.Tensor  # (N, C, h, w)
+    captions: tuple[str, ...]
+    embeddings: Optional[torch.Tensor] = None  # (N, L, D) when the text encoder is frozen
+
+
+@torch.no_grad()
+def _cache_data(pipe, config: LoraTrainConfig, resolution: int, device: str) -> _Cache:
+    from difflab.data.captioned_folder import load_captioned_folder
+
+    data = load_captioned_folder(config.data, resolution, config.trigger, config.caption_template)
+    means, stds = [], []
+    for start in range(0, len(data.captions), 16):
+        posterior = pipe.vae.encode(data.pixels[start:start + 16].to(device)).latent_dist
+        means.append(posterior.mean)
+        stds.append(posterior.std)
+    scale = pipe.vae.config.scaling_factor
+    cache = _Cache(torch.cat(means) * scale, torch.cat(stds) * scale, data.captions)
+    if not config.text_encoder_lora:  # a frozen text encoder gives the same embedding every step
+        cache.embeddings = _encode(pipe, list(data.captions))
+    return cache
+
+
+def _encode(pipe, captions: list[str]) -> torch.Tensor:
+    """(B, L, D) embeddings exactly as StableDiffusionPipeline.encode_prompt makes them (no clip skip)."""
+    tokenizer = pipe.tokenizer
+    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    return pipe.text_encoder(ids.to(pipe.text_encoder.device))[0]
+
+
+def _generator(config: LoraTrainConfig, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+
+
+# --- training ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    step: int = 0
+    seconds: float = 0.0
+    rows: list[tuple[int, float]] = field(default_factory=list)
+
+
+def train_lora(config: LoraTrainConfig, out: str | Path, *, resume: bool = False,
+               device: Optional[str] = None) -> Iterator[LoraEvent]:
+    """Train a LoRA on ``config.data``, yielding an event per step; writes the layout in the module docstring."""
+    from diffusers import DDPMScheduler
+
+    from difflab.engine.device import choose_placement
+
+    out = Path(out)
+    device = device or choose_placement().device
+    _check_out(config, out, resume)
+    pipe, model = load_base(config, device)
+    resolution = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)  # the base's training noise schedule
+    cache = _cache_data(pipe, config, resolution, device)
+
+    # 1. AdamW over the LoRA weights only; the text encoder's may get its own rate
+    params = trainable(pipe, config)
+    text_scale = (config.text_encoder_learning_rate or config.learning_rate) / config.learning_rate
+    groups = [{"params": list(params["unet"].values()), "lr_scale": 1.0}]
+    if "text_encoder" in params:
+        groups.append({"params": list(params["text_encoder"].values()), "lr_scale": text_scale})
+    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
+    run = _Run()
+    if resume and (out / STATE_NAME).is_file():
+        _load_state(out, params, optimizer, run)
+    all_params = [p for group in groups for p in group["params"]]
+    autocast, scaler = _precision(config, device)
+    pipe.unet.train()
+    if config.text_encoder_lora:
+        pipe.text_encoder.train()
+    started = time.perf_counter() - run.seconds
+
+    while run.step < config.steps:
+        # 2. This step's images, posterior samples, timesteps and noise, all from this step's generator
+        generator = _generator(config, run.step)
+        torch.manual_seed(config.seed * 1_000_003 + run.step)  # anything drawing from the global stream
+        index = torch.randint(0, len(cache.captions), (config.batch_size,), generator=generator)
+        latent_noise = torch.randn(cache.mean[index].shape, generator=generator)
+        z_0 = cache.mean[index] + cache.std[index] * latent_noise.to(device)  # (B, C, h, w)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (config.batch_size,), generator=generator)
+        eps = torch.randn(z_0.shape, generator=generator).to(device)
+        t = t.to(device)
+
+        # 3. Denoising loss through the LoRA-adapted networks
+        with autocast:
+            z_t = scheduler.add_noise(z_0, eps, t)
+            target = eps if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(z_0, eps, t)
+            if cache.embeddings is not None:
+                text = cache.embeddings[index]
+            else:
+                text = _encode(pipe, [cache.captions[i] for i in index.tolist()])  # (B, L, D)
+            prediction = pipe.unet(z_t, t, encoder_hidden_states=text).sample  # (B, C, h, w)
+            loss = (prediction.float() - target.float()).pow(2).mean()
+        learning_rate = learning_rate_at(run.step, config)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate * group.get("lr_scale", 1.0)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(all_params, config.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+
+        # 4. Bookkeeping, checkpoints (state + LoRA files) and validation images
+        run.step += 1
+        run.seconds = time.perf_counter() - started
+        run.rows.append((run.step, loss.item()))
+        last = run.step == config.steps
+        written = validation = None
+        if run.step % config.checkpoint_every == 0 or last:
+            _save_state(out, params, optimizer, run)
+            save_lora(pipe, config, out, model, run, num_images=len(cache.captions))
+            written = out
+        if (config.validate_every and run.step % config.validate_every == 0) or (last and config.validate_every):
+            validation = write_validation(pipe, config, out, run.step, cache.captions)
+            pipe.unet.train()
+            if config.text_encoder_lora:
+                pipe.text_encoder.train()
+        yield LoraEvent(run.step, config.steps, loss.item(), learning_rate, run.seconds, written, validation)
+
+
+def _precision(config: LoraTrainConfig, device: str):
+    """(autocast context, grad scaler): fp32 on CPU; fp16/bf16 autocast on GPU, fp16 with loss scaling."""
+    import contextlib
+
+    if config.mixed_precision == "no":
+        return contextlib.nullcontext(), torch.amp.GradScaler(device="cpu", enabled=False)
+    if device == "cpu" and config.mixed_precision == "fp16":
+        raise ValueError("mixed_precision: fp16 needs a GPU; use bf16 or no on CPU")
+    dtype = torch.float16 if config.mixed_precision == "fp16" else torch.bfloat16
+    device_type = device.split(":")[0]
+    scaler = torch.amp.GradScaler(device=device_type, enabled=config.mixed_precision == "fp16")
+    return torch.autocast(device_type=device_type, dtype=dtype), scaler
+
+
+def _check_out(config: LoraTrainConfig, out: Path, resume: bool) -> None:
+    """Refuse to overwrite a run without --resume, and to resume one trained with different data or shapes."""
+    record = out / RECORD_NAME
+    if (out / STATE_NAME).is_file() and not resume:
+        raise ValueError(f"{str(out)!r} already holds a LoRA training run; pass --resume or use a new -o folder")
+    if resume and record.is_file():
+        saved = json.loads(record.read_text()).get("config", {})
+        mine = json.loads(json.dumps(config.to_dict()))
+        for name in LoraTrainConfig.RESUME_FIELDS:
+            if saved.get(name) != mine.get(name):
+                raise ValueError(f"{name} differs from the run in {str(out)!r} ({saved.get(name)!r}); "
+                                 f"resume with the same settings or use a new -o folder")
+
+
+def _save_state(out: Path, params: dict, optimizer: torch.optim.Optimizer, run: _Run) -> None:
+    tensors = {f"lora.{part}.{name}": p.detach().clone() for part, named in params.items() for name, p in named.items()}
+    optimizer_state, metadata = optimizer_tensors(optimizer)
+    tensors.update(optimizer_state)
+    metadata.update(step=str(run.step), seconds=repr(run.seconds))
+    atomic_save_safetensors(tensors, out / STATE_NAME, metadata=metadata)
+    _write_losses(out, run.rows)
+
+
+def _load_state(out: Path, params: dict, optimizer: torch.optim.Optimizer, run: _Run) -> None:
+    path = out / STATE_NAME
+    tensors, metadata = read_safetensors_with_metadata(path)
+    with torch.no_grad():
+        for part, named in params.items():
+            for name, p in named.items():
+                key = f"lora.{part}.{name}"
+                if key not in tensors or tensors[key].shape != p.shape:
+                    raise CheckpointError(f"cannot resume: {str(path)!r} has no matching {key}")
+                p.copy_(tensors[key])
+    restore_optimizer(optimizer, tensors, metadata)
+    run.step, run.seconds = int(metadata["step"]), float(metadata["seconds"])
+    run.rows = [row for row in _read_losses(out) if row[0] <= run.step]
+
+
+def _write_losses(out: Path, rows: list[tuple[int, float]]) -> None:
+    from difflab.viz.curves import plot_loss_curve
+
+    text = "step,loss\n" + "".join(f"{step},{loss:.6f}\n" for step, loss in rows)
+    atomic_write_bytes(out / "loss.csv", text.encode())
+    if rows:
+        plot_loss_curve(rows, out / "loss.png")
+
+
+def _read_losses(out: Path) -> list[tuple[int, float]]:
+    path = out / "loss.csv"
+    if not path.is_file():
+        return []
+    with open(path) as handle:
+        return [(int(row["step"]), float(row["loss"])) for row in csv.DictReader(handle)]
+
+
+# --- the results: diffusers and kohya files, the record, validation images ------------------------------------
+
+
+def peft_state_dicts(pipe, config: LoraTrainConfig) -> dict[str, dict[str, torch.Tensor]]:
+    """peft-format LoRA weights per component (``...to_q.lora_A.weight``), as get_peft_model_state_dict gives."""
+    from peft.utils import get_peft_model_state_dict
+
+    dicts = {"unet": get_peft_model_state_dict(pipe.unet)}
+    if config.text_encoder_lora:
+        dicts["text_encoder"] = get_peft_model_state_dict(pipe.text_encoder)
+    return {part: {k: v.detach().float().cpu().contiguous() for k, v in sd.items()} for part, sd in dicts.items()}
+
+
+def save_lora(pipe, config: LoraTrainConfig, out: Path, model=None, run: Optional[_Run] = None,
+              num_images: int = 0) -> Path:
+    """Write the diffusers file, the kohya export and the JSON record; each file replaced atomically."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+
+    dicts = peft_state_dicts(pipe, config)
+    out.mkdir(parents=True, exist_ok=True)
+    # 1. diffusers format, exactly as the diffusers example saves it, plus the LoraConfig as metadata so that
+    #    alpha != rank survives the trip (without it diffusers assumes alpha = rank)
+    metadata = {"unet_lora_adapter_metadata": _adapter_metadata(pipe.unet)}
+    layers = {"unet_lora_layers": convert_state_dict_to_diffusers(dicts["unet"])}
+    if "text_encoder" in dicts:
+        layers["text_encoder_lora_layers"] = convert_state_dict_to_diffusers(dicts["text_encoder"])
+        metadata["text_encoder_lora_adapter_metadata"] = _adapter_metadata(pipe.text_encoder)
+    with tempfile.TemporaryDirectory(dir=out, prefix=".lora-") as temporary:
+        StableDiffusionPipeline.save_lora_weights(temporary, **layers, **metadata, safe_serialization=True)
+        os.replace(Path(temporary) / DIFFUSERS_NAME, out / DIFFUSERS_NAME)
+    # 2. kohya format
+    record = training_record(config, model, run, num_images)
+    kohya_path = out / "kohya" / f"{out.resolve().name}.safetensors"
+    tensors = to_kohya(dicts["unet"], dicts.get("text_encoder"), config.lora_alpha)
+    atomic_save_safetensors(tensors, kohya_path, metadata=kohya_metadata(config, record, kohya_path.stem))
+    # 3. the record
+    record["files"] = {"diffusers": DIFFUSERS_NAME, "kohya": str(kohya_path.relative_to(out))}
+    atomic_write_bytes(out / RECORD_NAME, (json.dumps(record, indent=2) + "\n").encode())
+    return out / DIFFUSERS_NAME
+
+
+def _adapter_metadata(module) -> dict[str, Any]:
+    config = module.peft_config["default"].to_dict()
+    return {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
+
+
+def to_kohya(unet: dict[str, torch.Tensor], text_encoder: Optional[dict[str, torch.Tensor]],
+             alpha: float) -> dict[str, torch.Tensor]:
+    """peft LoRA weights -> kohya-ss keys, as A1111/ComfyUI read SD1.x LoRAs:
+
+    ``down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight`` ->
+    ``lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight`` (B -> lora_up),
+    text encoder ``...layers.0.self_attn.q_proj`` -> ``lora_te_text_model_encoder_layers_0_self_attn_q_proj``, and
+    one ``.alpha`` scalar per layer. diffusers' convert_state_dict_to_kohya writes alpha = rank whatever the real
+    alpha was; kohya's scale is alpha / rank, so the true alpha is written here.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    parts = [("lora_unet_", "", unet)]
+    if text_encoder:
+        parts.append(("lora_te_", "text_model.", text_encoder))
+    for prefix, root, state in parts:
+        for key, value in state.items():
+            for peft_name, kohya_name in ((".lora_A.weight", "lora_down"), (".lora_B.weight", "lora_up")):
+                if key.endswith(peft_name):
+                    module = key[: -len(peft_name)]
+                    module = root + module.removeprefix(root)  # transformers 5 dropped CLIPTextModel.text_model
+                    name = prefix + module.replace(".", "_")
+                    tensors[f"{name}.{kohya_name}.weight"] = value.contiguous()
+                    tensors[f"{name}.alpha"] = torch.tensor(float(alpha))
+                    break
+            else:
+                raise ValueError(f"unexpected LoRA weight {key!r} (DoRA and LoRA biases have no kohya export)")
+    return tensors
+
+
+def kohya_metadata(config: LoraTrainConfig, record: dict[str, Any], output_name: str) -> dict[str, str]:
+    """kohya-ss/sd-scripts' ``ss_*`` training metadata, which A1111's and ComfyUI's LoRA browsers display."""
+    return {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(config.rank),
+        "ss_network_alpha": f"{config.lora_alpha:g}",
+        "ss_base_model_version": "sd_v1",
+        "ss_sd_model_name": record["base"]["name"],
+        "ss_new_sd_model_hash": record["base"].get("hash") or "",
+        "ss_output_name": output_name,
+        "ss_num_train_images": str(record.get("num_images", 0)),
+        "ss_max_train_steps": str(config.steps),
+        "ss_steps": str(record.get("steps_done", 0)),
+        "ss_learning_rate": f"{config.learning_rate:g}",
+        "ss_unet_lr": f"{config.learning_rate:g}",
+        "ss_text_encoder_lr": f"{(config.text_encoder_learning_rate or config.learning_rate):g}"
+        if config.text_encoder_lora else "0",
+        "ss_network_train_unet_only": str(not config.text_encoder_lora),
+        "ss_lr_scheduler": "cosine_with_warmup",
+        "ss_lr_warmup_steps": str(config.warmup_steps),
+        "ss_batch_size_per_device": str(config.batch_size),
+        "ss_resolution": f"({record['resolution']}, {record['resolution']})",
+        "ss_seed": str(config.seed),
+        "ss_mixed_precision": config.mixed_precision,
+        "ss_gradient_checkpointing": str(config.gradient_checkpointing),
+        "ss_v2": "False",
+        "ss_training_comment": f"difflab train lora; trigger word: {config.trigger}",
+        "ss_tag_frequency": json.dumps({"data": {config.trigger: record.get("num_images", 0)}}),
+    }
+
+
+def training_record(config: LoraTrainConfig, model=None, run: Optional[_Run] = None, num_images: int = 0) -> dict:
+    import diffusers
+    import peft
+
+    from difflab import __version__
+    from difflab.engine.outputs import model_hash
+
+    resolution = config.resolution
+    base: dict[str, Any] = {"name": config.base}
+    if model is not None:
+        base.update(path=str(model.path), family=model.family, hash=model_hash(model.path))
+        resolution = resolution or model.width
+    return {
+        "kind": "lora",
+        "config": config.to_dict(),
+        "base": base,
+        "trigger": config.trigger,
+        "resolution": resolution,
+        "num_images": num_images,
+        "steps_done": run.step if run else 0,
+        "seconds": round(run.seconds, 2) if run else 0.0,
+        "final_loss": run.rows[-1][1] if run and run.rows else None,
+        "versions": {"difflab": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+                     "peft": peft.__version__, "python": platform.python_version()},
+    }
+
+
+def validation_prompts(config: LoraTrainConfig, captions: Sequence[str]) -> list[str]:
+    return list(config.validation_prompts) or list(dict.fromkeys(captions))[:4]
+
+
+@torch.no_grad()
+def write_validation(pipe, config: LoraTrainConfig, out: Path, step: int, captions: Sequence[str]) -> Path:
+    """One image per validation prompt (seed = config.seed + i), with the LoRA live, as one row."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    from difflab.viz.grid import make_grid, png_bytes
+
+    prompts = validation_prompts(config, captions)
+    pipe.unet.eval()
+    pipe.text_encoder.eval()
+    training_scheduler = pipe.scheduler
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(training_scheduler.config)
+    generators = [torch.Generator().manual_seed(config.seed + i) for i in range(len(prompts))]
+    images = pipe(prompts, num_inference_steps=config.validation_steps, guidance_scale=config.validation_guidance,
+                  generator=generators).images
+    pipe.scheduler = training_scheduler
+    path = out / "validation" / f"step-{step:06d}.png"
+    atomic_write_bytes(path, png_bytes(make_grid(images, columns=len(images), scale=2)))
+    return path

@@ -1,0 +1,82 @@
+"""The settings of one LoRA training run (``difflab train lora``): one frozen dataclass, checked on creation."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, Optional
+
+MixedPrecision = Literal["no", "fp16", "bf16"]
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
+# diffusers' examples/text_to_image/train_text_to_image_lora.py targets these four projections of every
+# attention block (self- and cross-attention); the text encoder's CLIP attention names them differently.
+UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class LoraTrainConfig:
+    base: str  # model preset, diffusers folder or hub id (cached) of a Stable Diffusion 1.x-family pipeline
+    data: str  # folder of images with same-named .txt captions
+    trigger: str  # word that calls up the learnt concept; fills {trigger} in caption_template
+    caption_template: str = "{trigger}"  # caption of an image that has no .txt file
+    rank: int = 8  # r: LoRA's inner dimension; 4-32 is usual for SD, a tiny model needs few
+    alpha: Optional[float] = None  # the update is scaled by alpha / rank; None means alpha = rank (scale 1)
+    learning_rate: float = 1e-3  # peak AdamW rate for the LoRA weights (diffusers' example: 1e-4 on SD1.5)
+    text_encoder_learning_rate: Optional[float] = None  # None: the same as learning_rate
+    warmup_steps: int = 20  # linear warm-up, then cosine decay to 10% of the peak (core.train.learning_rate_at)
+    steps: int = 500
+    batch_size: int = 8
+    weight_decay: float = 1e-2  # AdamW's decoupled decay, as diffusers' example
+    grad_clip: float = 1.0
+    text_encoder_lora: bool = False  # also train LoRA on the text encoder's attention (q/k/v/out projections)
+    checkpoint_every: int = 100  # steps between training-state checkpoints (and LoRA files) on disk
+    validate_every: int = 0  # steps between validation grids; 0 = only at the end when prompts are given
+    validation_prompts: tuple[str, ...] = ()  # () = the first 4 distinct captions of the data
+    validation_steps: int = 20  # sampling steps of validation images
+    validation_guidance: float = 7.5
+    seed: int = 0  # LoRA initialisation and every random draw of step k (batch, timesteps, noise)
+    mixed_precision: MixedPrecision = "no"  # autocast on GPU; fp16 also scales the loss (GradScaler)
+    gradient_checkpointing: bool = False  # trade compute for memory on big bases; no effect on results
+    resolution: Optional[int] = None  # training image side; None = the base model's native size
+
+    def __post_init__(self) -> None:
+        _require(bool(self.trigger.strip()) and not any(c.isspace() for c in self.trigger.strip()),
+                 f"trigger must be one word; got {self.trigger!r}")
+        _require("{trigger}" in self.caption_template,
+                 f"caption_template must contain {{trigger}}; got {self.caption_template!r}")
+        _require(1 <= self.rank <= 1024, f"rank must be between 1 and 1024; got {self.rank}")
+        _require(self.alpha is None or (math.isfinite(self.alpha) and self.alpha > 0),
+                 f"alpha must be a positive number; got {self.alpha}")
+        for name in ("learning_rate", "text_encoder_learning_rate"):
+            value = getattr(self, name)
+            _require(value is None or (math.isfinite(value) and 0 < value < 1), f"{name} must be in (0, 1); got {value}")
+        _require(self.steps >= 1, f"steps must be >= 1; got {self.steps}")
+        _require(self.warmup_steps >= 0, f"warmup_steps must be >= 0; got {self.warmup_steps}")
+        _require(self.batch_size >= 1, f"batch_size must be >= 1; got {self.batch_size}")
+        _require(self.weight_decay >= 0, f"weight_decay must be >= 0; got {self.weight_decay}")
+        _require(self.grad_clip > 0, f"grad_clip must be > 0; got {self.grad_clip}")
+        _require(self.checkpoint_every >= 1, f"checkpoint_every must be >= 1; got {self.checkpoint_every}")
+        _require(self.validate_every >= 0, f"validate_every must be >= 0; got {self.validate_every}")
+        _require(self.validation_steps >= 1, f"validation_steps must be >= 1; got {self.validation_steps}")
+        _require(0 <= self.seed < 2**32, f"seed must be in [0, 2**32); got {self.seed}")
+        _require(self.mixed_precision in MIXED_PRECISIONS,
+                 f"mixed_precision must be one of {list(MIXED_PRECISIONS)}; got {self.mixed_precision!r}")
+        _require(self.resolution is None or (self.resolution >= 16 and self.resolution % 8 == 0),
+                 f"resolution must be a multiple of 8 and >= 16; got {self.resolution}")
+
+    @property
+    def lora_alpha(self) -> float:
+        return float(self.rank if self.alpha is None else self.alpha)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    # what must match between a run and its --resume: anything that changes the weights' shapes or the draws
+    RESUME_FIELDS = ("base", "data", "trigger", "caption_template", "rank", "alpha", "text_encoder_lora", "seed",
+                     "batch_size", "resolution")

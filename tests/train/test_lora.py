@@ -1,0 +1,196 @@
+"""LoRA training on a tiny random SD pipeline: files that plain diffusers loads, kohya export, exact resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from tests.engine.conftest import tiny_sd_folder  # noqa: F401  (the session fixture)
+
+STEPS = 4
+
+
+def _config(base: Path, data: Path, **overrides):
+    from difflab.train.lora_config import LoraTrainConfig
+
+    fields = dict(base=str(base), data=str(data), trigger="hexagon", rank=2, alpha=4.0, steps=STEPS, batch_size=2,
+                  warmup_steps=1, checkpoint_every=2, learning_rate=5e-2, seed=3)
+    fields.update(overrides)
+    return LoraTrainConfig(**fields)
+
+
+@pytest.fixture(scope="module")
+def hexagons(tmp_path_factory) -> Path:
+    from difflab.data.captioned_folder import write_shape_set
+
+    folder = tmp_path_factory.mktemp("hexagons")
+    write_shape_set(folder, "hexagon", n=4, seed=0)
+    return folder
+
+
+def _train(config, out: Path, resume: bool = False) -> list:
+    from difflab.train.lora import train_lora
+
+    return list(train_lora(config, out, resume=resume, device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_sd_folder, hexagons, tmp_path_factory):  # noqa: F811
+    """(config, out folder, images drawn by the training process's own pipeline right after training)."""
+    from difflab.train.lora import load_base, train_lora
+
+    config = _config(tiny_sd_folder, hexagons, text_encoder_lora=True)
+    out = tmp_path_factory.mktemp("lora")
+    events = list(train_lora(config, out, device="cpu"))
+    return config, out, events
+
+
+def _draw(pipe, prompt="a red hexagon", seed=0):
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        return pipe(prompt, num_inference_steps=3, generator=[torch.Generator().manual_seed(seed)],
+                    output_type="np").images[0]
+
+
+def test_dataset_folder_has_captions_with_the_shape(hexagons):
+    from difflab.data.captioned_folder import load_captioned_folder
+
+    data = load_captioned_folder(hexagons, 64)
+    assert data.pixels.shape == (4, 3, 64, 64)
+    assert all("hexagon" in caption for caption in data.captions)
+
+
+def test_training_writes_the_files_and_the_loss_moves(trained):
+    config, out, events = trained
+    assert [e.step for e in events] == list(range(1, STEPS + 1))
+    assert all(np.isfinite(e.loss) for e in events)
+    for name in ("pytorch_lora_weights.safetensors", "training.json", "training_state.safetensors", "loss.csv",
+                 "loss.png", f"kohya/{out.name}.safetensors"):
+        assert (out / name).is_file(), name
+    record = json.loads((out / "training.json").read_text())
+    assert record["steps_done"] == STEPS and record["config"]["rank"] == 2 and record["trigger"] == "hexagon"
+    assert len((out / "loss.csv").read_text().splitlines()) == STEPS + 1
+
+
+def test_plain_diffusers_reload_equals_the_trained_weights(trained, tiny_sd_folder):  # noqa: F811
+    """Reference: peft's own forward with the trained adapters in memory (restored from the training state);
+    checked: a fresh diffusers pipeline + load_lora_weights(out) draws the same image (alpha = 2 * rank checks
+    that the scale alpha / r survives the file)."""
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
+
+    from difflab.train.lora import load_base, trainable
+
+    config, out, _ = trained
+    in_memory, _ = load_base(config)
+    state = load_file(str(out / "training_state.safetensors"))
+    with torch.no_grad():
+        for part, named in trainable(in_memory, config).items():
+            for name, parameter in named.items():
+                parameter.copy_(state[f"lora.{part}.{name}"])
+    in_memory.unet.eval()
+    in_memory.text_encoder.eval()
+    expected = _draw(in_memory)
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_sd_folder))
+    base = _draw(pipe)
+    pipe.load_lora_weights(str(out))
+    reloaded = _draw(pipe)
+    assert np.abs(reloaded - base).max() > 1e-3, "the LoRA changes nothing: the test could not fail"
+    np.testing.assert_allclose(reloaded, expected, atol=1e-5)
+
+
+def test_kohya_export_names_alpha_and_metadata(trained):
+    config, out, _ = trained
+    with safe_open(str(out / "kohya" / f"{out.name}.safetensors"), "pt") as handle:
+        keys, metadata = set(handle.keys()), handle.metadata()
+        alpha = handle.get_tensor("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.alpha")
+    stem = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    assert {f"{stem}.lora_down.weight", f"{stem}.lora_up.weight", f"{stem}.alpha"} <= keys
+    assert "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight" in keys
+    assert float(alpha) == 4.0
+    assert metadata["ss_network_dim"] == "2" and metadata["ss_network_alpha"] == "4"
+    assert metadata["ss_sd_model_name"] == config.base and metadata["ss_base_model_version"] == "sd_v1"
+
+
+def test_kohya_export_round_trips_through_diffusers(trained, tiny_sd_folder):  # noqa: F811
+    """kohya file -> diffusers' own kohya converter -> same images as the diffusers-format file."""
+    from diffusers import StableDiffusionPipeline
+
+    _, out, _ = trained
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_sd_folder))
+    pipe.load_lora_weights(str(out))
+    from_diffusers = _draw(pipe)
+    pipe.unload_lora_weights()
+    pipe.load_lora_weights(str(out / "kohya"), weight_name=f"{out.name}.safetensors")
+    np.testing.assert_allclose(_draw(pipe), from_diffusers, atol=1e-6)
+
+
+def test_resume_continues_exactly(tiny_sd_folder, hexagons, tmp_path):  # noqa: F811
+    """Stop after 2 of 4 steps, resume in a new process state: the same losses and LoRA weights as one run."""
+    from safetensors.torch import load_file
+
+    whole = _train(_config(tiny_sd_folder, hexagons), tmp_path / "whole")
+    first = _train(_config(tiny_sd_folder, hexagons, steps=2), tmp_path / "split")
+    second = _train(_config(tiny_sd_folder, hexagons), tmp_path / "split", resume=True)
+    assert [e.step for e in second] == [3, 4]
+    assert [e.loss for e in first + second] == pytest.approx([e.loss for e in whole], rel=1e-6, abs=1e-7)
+    a = load_file(str(tmp_path / "whole" / "pytorch_lora_weights.safetensors"))
+    b = load_file(str(tmp_path / "split" / "pytorch_lora_weights.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-7)
+
+
+def test_an_existing_run_needs_resume_and_the_same_settings(tiny_sd_folder, hexagons, tmp_path):  # noqa: F811
+    _train(_config(tiny_sd_folder, hexagons, steps=2), tmp_path)
+    with pytest.raises(ValueError, match="--resume"):
+        _train(_config(tiny_sd_folder, hexagons, steps=2), tmp_path)
+    with pytest.raises(ValueError, match="rank differs"):
+        _train(_config(tiny_sd_folder, hexagons, rank=3), tmp_path, resume=True)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("trigger", "two words", "trigger must be one word"),
+    ("rank", 0, "rank must be"),
+    ("learning_rate", -1.0, "learning_rate must be"),
+    ("mixed_precision", "fp8", "mixed_precision must be one of"),
+    ("caption_template", "no placeholder", "caption_template must contain"),
+])
+def test_bad_settings_name_the_field(field, value, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        _config(tmp_path, tmp_path, **{field: value})
+
+
+def test_cli_trains_and_refuses_a_missing_data_folder(tiny_sd_folder, hexagons, tmp_path):  # noqa: F811
+    from typer.testing import CliRunner
+
+    from difflab.cli import app
+
+    runner = CliRunner()
+    missing = runner.invoke(app, ["train", "lora", "--base", str(tiny_sd_folder), "--data", str(tmp_path / "nope"),
+                                  "--trigger", "hexagon", "-o", str(tmp_path / "out")])
+    assert missing.exit_code == 2 and "--data" in missing.output
+    assert not (tmp_path / "out").exists()
+    ok = runner.invoke(app, ["train", "lora", "--base", str(tiny_sd_folder), "--data", str(hexagons), "--trigger",
+                             "hexagon", "-o", str(tmp_path / "out"), "--steps", "2", "--rank", "2", "--batch-size",
+                             "2", "--validate-every", "2", "--validation-prompt", "a red hexagon"])
+    assert ok.exit_code == 0, ok.output
+    assert (tmp_path / "out" / "validation" / "step-000002.png").is_file()
+
+
+def test_make_dataset_command(tmp_path):
+    from typer.testing import CliRunner
+
+    from difflab.cli import app
+
+    result = CliRunner().invoke(app, ["lora", "make-dataset", "-o", str(tmp_path), "-n", "3", "--trigger", "sks"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0000.png", "0000.txt", "0001.png", "0001.txt",
+                                                          "0002.png", "0002.txt"]
+    assert (tmp_path / "0000.txt").read_text().startswith("sks, ")
