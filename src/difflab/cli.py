@@ -275,6 +275,11 @@ def generate(
     hires_steps: Optional[int] = typer.Option(None, help="Hires fix: steps of the second pass [--steps]."),
     long_prompt: str = typer.Option("chunk", help="Prompts over the text encoder's token limit: 'chunk' "
                                     "(A1111: 75-token chunks, concatenated) or 'truncate' (with a warning)."),
+    memory: list[str] = typer.Option([], "--memory", help="Memory knob, repeatable or a comma list: attention_slicing, "
+                                     "vae_slicing, vae_tiling, model_cpu_offload, sequential_cpu_offload. On a CUDA "
+                                     "out-of-memory error the next one is turned on for one retry."),
+    allow_unsafe_pickle: bool = typer.Option(False, "--allow-unsafe-pickle", help="Load a .ckpt/.pt/.bin model "
+                                             "file; pickles can run arbitrary code, so only from a trusted source."),
 ) -> None:
     """Generate images from a prompt (or an init image and mask); writes PNGs with A1111 parameters and a JSON
     record embedded. Prompts take A1111 weights: (word:1.3), (word), [word]."""
@@ -285,10 +290,11 @@ def generate(
                             loras=lora, init_image=str(init_image) if init_image else None, strength=strength,
                             mask=str(mask) if mask else None, refiner=refiner, refiner_switch=refiner_switch,
                             hires_scale=hires_scale, hires_strength=hires_strength, hires_steps=hires_steps,
-                            long_prompt=long_prompt)
-    from difflab.engine.registry import resolve_model
+                            long_prompt=long_prompt, memory=memory, allow_unsafe_pickle=allow_unsafe_pickle)
+    from difflab.engine.registry import check_scheduler_fits, resolve_model
 
-    resolve_model(request.model)  # a missing or unknown model fails here, before any output exists
+    # a missing, unknown or corrupt model, or a sampler the model cannot use, fails here, before any output exists
+    check_scheduler_fits(resolve_model(request.model, request.allow_unsafe_pickle), request.scheduler)
     from difflab.engine.outputs import save_result
     from difflab.engine.pipeline import PipelineCache, run
 
