@@ -295,6 +295,9 @@ def generate(
 
     # a missing, unknown or corrupt model, or a sampler the model cannot use, fails here, before any output exists
     check_scheduler_fits(resolve_model(request.model, request.allow_unsafe_pickle), request.scheduler)
+    from difflab.engine.modes import check_request_settings
+
+    check_request_settings(request)  # strength vs steps, refiner families: before the progress bar starts
     from difflab.engine.outputs import save_result
     from difflab.engine.pipeline import PipelineCache, run
 

@@ -143,6 +143,21 @@ def check_settings(settings: "Settings") -> None:
                          "as refiner= of an SDXL base model")
     if request.refiner is not None and family not in REFINER_BASE_FAMILIES:
         raise ValueError(f"refiner: needs an SDXL base model; {request.model!r} is of the {family} family")
+    if request.refiner is not None:
+        from difflab.engine.registry import resolve_model
+
+        refiner_family = resolve_model(request.refiner).family
+        if refiner_family not in REFINER_FAMILIES:
+            raise ValueError(f"refiner: {request.refiner!r} is of the {refiner_family} family; it must be an SDXL "
+                             "refiner (or SDXL) model")
+
+
+def check_request_settings(request: "GenerationRequest") -> None:
+    """``check_settings`` for a request whose model is not loaded yet (entry points call it before any output)."""
+    from difflab.engine.pipeline import Settings
+    from difflab.engine.registry import resolve_model
+
+    check_settings(Settings.of(request, resolve_model(request.model, request.allow_unsafe_pickle)))
 
 
 # ---- metadata ----
@@ -289,10 +304,7 @@ def _refine(latents, settings: "Settings", kwargs: dict[str, Any], cache: "Pipel
     from difflab.engine.schedulers import make_scheduler
 
     request = settings.request
-    model = resolve_model(request.refiner)
-    if model.family not in REFINER_FAMILIES:
-        raise ValueError(f"refiner: {request.refiner!r} is of the {model.family} family; it must be an SDXL "
-                         "refiner (or SDXL) model")
+    model = resolve_model(request.refiner)  # its family was checked by check_settings
     refiner, original_scheduler = cache.get(model)
     refiner = mode_pipeline(refiner, "img2img")  # a base SDXL model used as refiner runs as img2img
     config = dict(original_scheduler.config)

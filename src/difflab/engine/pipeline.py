@@ -128,6 +128,7 @@ def run(
     model = resolve_model(request.model, request.allow_unsafe_pickle)
     settings = Settings.of(request, model)
     check_scheduler_fits(model, settings.scheduler)  # before any weights load
+    modes.check_settings(settings)  # strength vs steps, refiner families: before any weights load
     from difflab.engine.lora import applied_loras, resolve_all
 
     loras = resolve_all(request.loras)  # a missing LoRA file fails here, before any weights load
