@@ -323,6 +323,38 @@ def pull_model(name: str = typer.Argument(..., help="A preset (sdxl, flux-schnel
     typer.echo(str(pull(name)))
 
 
+@app.command("serve")
+@user_errors
+def serve_command(
+    host: str = typer.Option("127.0.0.1", help="Address to bind; beyond loopback an --api-token is required."),
+    port: int = typer.Option(7860, help="TCP port (7860 is A1111's, so its clients find the server)."),
+    data_dir: Path = typer.Option(Path("outputs/serve"), help="Job queue (SQLite) and images; keep it to keep "
+                                                            "the queue across restarts."),
+    max_queue: int = typer.Option(100, help="Waiting jobs; one more is answered 429 with Retry-After."),
+    api_token: Optional[str] = typer.Option(None, envvar="DIFFLAB_API_TOKEN", help="Require 'Authorization: "
+                                            "Bearer TOKEN' on every request (prefer the environment variable)."),
+    models_dir: Optional[Path] = typer.Option(None, help="Folder of diffusers model folders, offered by name."),
+    loras_dir: Optional[Path] = typer.Option(None, help="Folder of LoRAs offered by name [default: "
+                                             "$DIFFLAB_LORA_DIR or ./loras]."),
+    default_model: str = typer.Option("tiny-shapes", help="The model A1111 clients get when they name none."),
+    max_body_mb: float = typer.Option(8.0, help="Largest request body accepted, in MB."),
+) -> None:
+    """Serve the engine over HTTP: /v1 job API, A1111-compatible /sdapi/v1, OpenAPI at /docs."""
+    from difflab.serve.config import ServeConfig
+
+    config = ServeConfig(data_dir=data_dir, host=host, port=port, max_queue=max_queue, api_token=api_token,
+                         models_dir=models_dir, loras_dir=loras_dir, default_model=default_model,
+                         max_body_bytes=int(max_body_mb * 1024 * 1024))
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        fail("difflab serve needs FastAPI and uvicorn: pip install 'difflab[serve]'")
+    from difflab.serve.app import serve
+
+    serve(config)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 
