@@ -17,8 +17,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from difflab.cli import app
-from difflab.engine.batch import MANIFEST_FILE, BatchError, FolderLock, sha256_file
+from difflab.engine.batch import MANIFEST_FILE, BatchError, FolderLock
 from difflab.engine.metadata import read_png_metadata
+from difflab.engine.modes import file_sha256
 from difflab.engine.pipeline import PipelineCache, run
 from difflab.engine.request import build_request
 
@@ -81,7 +82,7 @@ def test_a_batch_writes_named_images_a_manifest_and_a_contact_sheet(reference, t
     entries = manifest(out)
     assert [(e["line"], e["index"]) for e in entries] == [(line, i) for line, (_, f) in enumerate(LINES, 1)
                                                           for i in range(f.get("n", 1))]
-    assert all(sha256_file(out / e["path"]) == e["sha256"] and e["seconds"] > 0 for e in entries)
+    assert all(file_sha256(str(out / e["path"])) == e["sha256"] and e["seconds"] > 0 for e in entries)
     # line 3's image 2 is what the engine makes for that request: CLI defaults under the line's own fields
     _, record = read_png_metadata(out / "00003-02-302.png")
     assert record["request"]["negative_prompt"] == "red" and record["request"]["steps"] == 4
@@ -180,6 +181,9 @@ def test_resume_repairs_every_kind_of_damage(reference, tiny_sd_folder: Path, tm
     ('{"prompt": "a", "width": 100}\n{"prompt": ""}\n{"prompt": "b", "scheduler": "warp"}\n', ".jsonl",
      ["line 1: width: must be a multiple of 8", "prompt: must not be empty", "line 3: scheduler: scheduler must be one of"]),
     ('{"prompt": "a", "model": "no-such-model"}\n', ".jsonl", ["line 1: model: model must be a preset"]),
+    ('{"prompt": "a"}\n{"prompt": "a", "loras": ["no-such-lora"]}\n', ".jsonl", ["line 2: lora 'no-such-lora': not found"]),
+    ('{"prompt": "a", "strength": 0.5}\n', ".jsonl", ["line 1:", "strength: needs init_image"]),
+    ('{"prompt": "a", "init_image": "nowhere.png"}\n', ".jsonl", ["line 1:", "init_image: file 'nowhere.png' does not exist"]),
     ("prompt,seed\na red circle,1\na blue square,-4\n", ".csv", ["line 3: seed: Input should be greater than or equal to 0"]),
     ("prompt,steps\n\"a red,\nround circle\",3\nb,many\n", ".csv", ["line 4: steps: Input should be a valid integer"]),
     ("prompt,colour\na,red\n", ".csv", ["line 1: header: 'colour' is not a field"]),
@@ -221,3 +225,17 @@ def test_a_second_run_on_a_locked_folder_is_refused(tmp_path: Path) -> None:
             FolderLock(tmp_path).__enter__()
     with FolderLock(tmp_path):  # released on exit
         pass
+
+
+def test_an_init_image_that_changed_makes_it_another_batch(tiny_sd_folder: Path, tmp_path: Path) -> None:
+    init = tmp_path / "init.png"
+    Image.new("RGB", (64, 64), (10, 200, 10)).save(init)
+    prompts = tmp_path / "img2img.jsonl"
+    prompts.write_text(json.dumps({"prompt": "a red circle", "init_image": str(init), "strength": 0.5}) + "\n")
+    result = batch(prompts, tmp_path / "out", tiny_sd_folder)
+    assert result.exit_code == 0 and "1 images generated" in result.output, result.output
+    _, record = read_png_metadata(tmp_path / "out" / "00001-00-0.png")
+    assert record["mode"]["mode"] == "img2img"
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(init)  # same path, new content: resuming would mix the two
+    result = batch(prompts, tmp_path / "out", tiny_sd_folder)
+    assert result.exit_code == 2 and "holds another batch" in result.output

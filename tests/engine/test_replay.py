@@ -125,3 +125,28 @@ def test_compare_reports_size_mismatch(tmp_path: Path) -> None:
     comparison = compare(Image.new("RGB", (16, 8)), tmp_path / "a.png")
     assert comparison.max_difference is None and not comparison.identical
     assert "original 8x8" in comparison.describe()
+
+
+def test_img2img_replays_and_warns_when_the_init_image_changed(tiny_sd_folder: Path, tmp_path: Path) -> None:
+    init = tmp_path / "init.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(init)
+    (original,) = generate(tiny_sd_folder, tmp_path / "made", "--init-image", str(init), "--strength", "0.5")
+    result = runner.invoke(app, ["replay", str(original), "--check"])
+    assert result.exit_code == 0 and "bit-identical" in result.output and "warning" not in result.output, result.output
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(init)
+    result = runner.invoke(app, ["replay", str(original), "--check"])
+    assert "warning: init_image:" in result.output and "has changed since the image was made" in result.output
+    assert result.exit_code == 1  # a different init image makes a different image, and --check says so
+
+
+def test_a1111_lora_tags_and_hires_fix_become_request_fields(tiny_sd_folder: Path, tmp_path: Path) -> None:
+    path = tmp_path / "a1111.png"
+    Image.new("RGB", (128, 128)).save(path, pnginfo=png_info(
+        "a red circle <lora:hexagon:0.8>, blue <lora:style>\nSteps: 3, Sampler: Euler a, CFG scale: 7, Seed: 1, "
+        "Size: 64x64, Denoising strength: 0.6, Hires upscale: 2, Hires steps: 2, Hires upscaler: Latent, "
+        "Model: sd_xl_base_1.0, Version: v1.10.1"))
+    plan = plan_replay(path, model=str(tiny_sd_folder))
+    request = plan.request
+    assert request.prompt == "a red circle, blue" and request.loras == ("hexagon:0.8", "style:1")
+    assert (request.hires_scale, request.hires_strength, request.hires_steps) == (2.0, 0.6, 2)
+    assert not any("init image" in warning for warning in plan.warnings)  # hires, not img2img

@@ -134,38 +134,27 @@ def _csv_rows(text: str) -> list[tuple[int, Any]]:
 
 
 def plan_batch(path: str | Path, defaults: Optional[dict[str, Any]] = None) -> BatchPlan:
-    """Validate every line of the prompt file (with ``defaults`` under each line) and resolve every model; raise
-    BatchError listing the bad lines, each with its number and field, before anything runs."""
+    """Validate every line of the prompt file (with ``defaults`` under each line), with every check a single
+    ``generate`` makes before loading weights; raise BatchError listing the bad lines, each with its number and
+    field, before anything runs."""
     from difflab.engine.outputs import model_hash
-    from difflab.engine.pipeline import FAMILIES_WITH_NEGATIVE_PROMPT
-    from difflab.engine.registry import resolve_model
 
     path = Path(path)
     defaults = {key: value for key, value in (defaults or {}).items() if value is not None}
     problems: list[str] = []
     lines: list[BatchLine] = []
-    models: dict[str, Any] = {}  # name -> ResolvedModel, or the error message for a model that does not resolve
+    models: dict[tuple[str, bool], Any] = {}  # (name, allow_unsafe_pickle) -> ResolvedModel, or why it failed
     for number, fields in read_rows(path):
         if isinstance(fields, str):
             problems.append(f"line {number}: {fields}")
             continue
         try:
             request = build_request(**{**defaults, **fields})
-        except RequestError as error:
+            _preflight(request, models)
+        except ValueError as error:  # RequestError, and the engine's own checks (each names its field)
             problems.append(f"line {number}: {error}")
             continue
-        if request.model not in models:
-            try:
-                models[request.model] = resolve_model(request.model)
-            except ValueError as error:
-                models[request.model] = str(error)
-        model = models[request.model]
-        if isinstance(model, str):
-            problems.append(f"line {number}: model: {model}")
-        elif request.negative_prompt and model.family not in FAMILIES_WITH_NEGATIVE_PROMPT:
-            problems.append(f"line {number}: negative_prompt: the {model.family} family has no negative prompt")
-        else:
-            lines.append(BatchLine(number, request))
+        lines.append(BatchLine(number, request))
     if problems:
         shown = problems[:MAX_REPORTED_ERRORS]
         if len(problems) > len(shown):
@@ -173,10 +162,50 @@ def plan_batch(path: str | Path, defaults: Optional[dict[str, Any]] = None) -> B
         raise BatchError(f"{path.name}: " + "\n".join(shown))
     if not lines:
         raise BatchError(f"{path.name}: no requests (the file has no non-empty lines)")
-    hashes = {name: model_hash(model.path) for name, model in models.items()}
+    # the fingerprint covers what the images depend on beyond the request text: the model weights, LoRA files,
+    # init images and masks; a folder resumed after any of them changed would mix two different batches
+    inputs = {name: model_hash(model.path) for (name, _), model in models.items()}
+    for item in lines:
+        inputs.update(_input_hashes(item.request))
     canonical = json.dumps({"requests": [[item.line, item.request.model_dump()] for item in lines],
-                            "model_hashes": hashes}, sort_keys=True)
+                            "inputs": inputs}, sort_keys=True)
     return BatchPlan(path, tuple(lines), hashlib.sha256(canonical.encode()).hexdigest())
+
+
+def _preflight(request: GenerationRequest, models: dict) -> None:
+    """The checks that need the model: it resolves, its family takes the sampler, negative prompt and mode
+    settings, and the LoRA files exist. ValueError naming the field otherwise."""
+    from difflab.engine.lora import resolve_all
+    from difflab.engine.modes import check_settings
+    from difflab.engine.pipeline import FAMILIES_WITH_NEGATIVE_PROMPT, Settings
+    from difflab.engine.registry import check_scheduler_fits, resolve_model
+
+    key = (request.model, request.allow_unsafe_pickle)
+    if key not in models:
+        try:
+            models[key] = resolve_model(*key)
+        except ValueError as error:
+            models[key] = f"model: {error}"
+    model = models[key]
+    if isinstance(model, str):
+        raise ValueError(model)
+    settings = Settings.of(request, model)
+    check_scheduler_fits(model, settings.scheduler)
+    check_settings(settings)
+    if request.negative_prompt and model.family not in FAMILIES_WITH_NEGATIVE_PROMPT:
+        raise ValueError(f"negative_prompt: the {model.family} family has no negative prompt")
+    resolve_all(request.loras)
+
+
+def _input_hashes(request: GenerationRequest) -> dict[str, str]:
+    from difflab.engine.lora import lora_hash, resolve_all
+    from difflab.engine.modes import file_sha256
+
+    hashes = {f"lora {lora.file}": lora_hash(lora.file) for lora in resolve_all(request.loras) if lora.file.is_file()}
+    for name in ("init_image", "mask"):
+        if getattr(request, name) is not None:
+            hashes[f"{name} {getattr(request, name)}"] = file_sha256(getattr(request, name))
+    return hashes
 
 
 # 2. The output folder: which batch it holds, what is finished
@@ -226,19 +255,12 @@ class FolderLock:
             os.close(self._fd)  # closing releases the lock
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def finished_images(plan: BatchPlan, folder: Path) -> dict[tuple[int, int], dict]:
     """(line, index) -> manifest entry, for every image whose manifest line is whole and whose file still has the
     recorded hash. Call with the folder locked: it rewrites the manifest to exactly these entries (dropping a torn
     last line, duplicates and stale entries) and removes temporary files left by a killed run."""
     from difflab.core.checkpoint import atomic_write_bytes
+    from difflab.engine.modes import file_sha256
 
     for leftover in folder.glob(".*.tmp"):  # atomic_write_bytes' temporaries: a killed run's half-written files
         leftover.unlink(missing_ok=True)
@@ -250,7 +272,7 @@ def finished_images(plan: BatchPlan, folder: Path) -> dict[tuple[int, int], dict
         try:
             entry = json.loads(text)
             key = (entry["line"], entry["index"])
-            if expected.get(key) == entry["path"] and sha256_file(folder / entry["path"]) == entry["sha256"]:
+            if expected.get(key) == entry["path"] and file_sha256(str(folder / entry["path"])) == entry["sha256"]:
                 done[key] = entry
             else:
                 done.pop(key, None)  # a later entry for the same image that no longer holds supersedes

@@ -45,6 +45,16 @@ def lora_prompt_tags(loras: Sequence[tuple[str, float]]) -> str:
     return "".join(f" <lora:{name}:{weight:g}>" for name, weight in loras)
 
 
+_LORA_TAG = re.compile(r"\s*<lora:([^:>]+)(?::([-+]?[0-9]*\.?[0-9]+))?>")
+
+
+def parse_lora_tags(prompt: str) -> tuple[str, list[tuple[str, float]]]:
+    """The inverse of ``lora_prompt_tags``: (prompt without its ``<lora:name:weight>`` tags, [(name, weight)]);
+    A1111's default weight is 1."""
+    loras = [(name, float(weight) if weight else 1.0) for name, weight in _LORA_TAG.findall(prompt)]
+    return _LORA_TAG.sub("", prompt).strip(), loras
+
+
 def format_lora_hashes(hashes: Sequence[tuple[str, str]]) -> str:
     """The value of A1111's ``Lora hashes`` setting: ``name: hash, name: hash`` (quoted by format_parameters)."""
     return ", ".join(f"{name}: {hash_}" for name, hash_ in hashes)

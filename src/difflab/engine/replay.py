@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from difflab.engine.device import Placement, choose_placement
-from difflab.engine.metadata import parse_parameters, read_png_metadata
+from difflab.engine.metadata import parse_lora_tags, parse_parameters, read_png_metadata
 from difflab.engine.request import GenerationRequest, RequestError, build_request
 
 FROM_RECORD = "difflab record"
@@ -88,13 +88,18 @@ def _plan_from_record(image: Path, record: dict, parameters: Optional[str], mode
     index = int(record.get("image_index", 0))
     warnings: list[str] = []
     fields["model"] = _usable_model(fields.get("model"), record.get("settings", {}).get("model_path"), model, warnings)
+    mode = record.get("mode") or {}
+    for name in ("init_image", "mask"):  # given relative to where generate ran; the record also has it absolute
+        recorded = mode.get(name) if isinstance(mode.get(name), dict) else {}
+        if fields.get(name) and not Path(fields[name]).expanduser().is_file() and Path(recorded.get("path", "")).is_file():
+            fields[name] = recorded["path"]
     try:
         request = build_request(**fields)
     except RequestError as error:  # a record written by another difflab version, or edited by hand
         raise ValueError(f"image {str(image)!r}: its recorded request is not valid here: {error}") from None
     if not 0 <= index < request.n:
         raise ValueError(f"image {str(image)!r}: image_index {index} is outside its request of n={request.n}")
-    warnings += _environment_warnings(record, placement)
+    warnings += _environment_warnings(record, placement) + _input_warnings(record)
     recorded_hash = parse_parameters(parameters)[2].get("Model hash") if parameters else None
     return ReplayPlan(image, request, index, FROM_RECORD, tuple(warnings), recorded_hash, record)
 
@@ -142,17 +147,45 @@ def _environment_warnings(record: dict, placement: Placement) -> list[str]:
     return warnings
 
 
+def _input_warnings(record: dict) -> list[str]:
+    """Init image, mask and LoRA files whose content changed since the image was made (same path, new bytes)."""
+    from difflab.engine.lora import lora_hash
+    from difflab.engine.modes import file_sha256
+
+    warnings = []
+    mode = record.get("mode") or {}
+    for name in ("init_image", "mask"):
+        entry = mode.get(name)
+        if isinstance(entry, dict) and Path(entry.get("path", "")).is_file() and \
+                file_sha256(entry["path"]) != entry.get("sha256"):
+            warnings.append(f"{name}: {entry['path']} has changed since the image was made; the result will differ")
+    for lora in record.get("loras") or []:
+        file = Path(lora.get("file", ""))
+        if file.is_file() and lora_hash(file) != lora.get("hash"):
+            warnings.append(f"lora {lora.get('name')!r}: {file} has changed since the image was made (hash "
+                            f"{lora.get('hash')}, now {lora_hash(file)}); the result will differ")
+    return warnings
+
+
 def _plan_from_parameters(image: Path, parameters: str, model: Optional[str]) -> ReplayPlan:
     prompt, negative, settings = parse_parameters(parameters)
     if not settings:
         raise ValueError(f"image {str(image)!r}: its parameters text has no settings line (Steps, Sampler, Seed, ...)")
-    fields: dict[str, Any] = {"prompt": prompt, "negative_prompt": negative}
+    prompt, loras = parse_lora_tags(prompt)  # A1111 (and difflab) write LoRAs as <lora:name:weight> prompt tags
+    fields: dict[str, Any] = {"prompt": prompt, "negative_prompt": negative,
+                              "loras": [f"{name}:{weight:g}" for name, weight in loras]}
     for key, name, convert in (("Steps", "steps", int), ("CFG scale", "guidance", float), ("Seed", "seed", int)):
         if key in settings:
             fields[name] = _convert(settings[key], convert, key)
     if "Size" in settings:
         width, _, height = settings["Size"].partition("x")
         fields["width"], fields["height"] = _convert(width, int, "Size"), _convert(height, int, "Size")
+    if "Hires upscale" in settings and "Init image hash" not in settings:  # A1111's txt2img hires fix
+        fields["hires_scale"] = _convert(settings["Hires upscale"], float, "Hires upscale")
+        if "Denoising strength" in settings:
+            fields["hires_strength"] = _convert(settings["Denoising strength"], float, "Denoising strength")
+        if "Hires steps" in settings:
+            fields["hires_steps"] = _convert(settings["Hires steps"], int, "Hires steps")
     sampler = settings.get("Sampler")
     if sampler and sampler != "model default":
         # A1111 >= 1.9 writes the schedule separately: "Sampler: DPM++ 2M, Schedule type: Karras"
@@ -160,20 +193,22 @@ def _plan_from_parameters(image: Path, parameters: str, model: Optional[str]) ->
             sampler += " Karras"
         fields["scheduler"] = sampler
     warnings = []
+    if "Init image hash" in settings or ("Denoising strength" in settings and "Hires upscale" not in settings):
+        warnings.append("made from an init image (img2img or inpainting) that the parameters text does not carry; "
+                        "replaying as txt2img")
     if not settings.get("Version", "").startswith("difflab"):
         warnings.append("not made by difflab: its sampler and noise implementation differ, expect a different image")
-    if model is None:
-        model = settings.get("Model")
-        if model is None:
-            raise ValueError("model: the parameters text names no model; pass --model")
-    fields["model"] = model
-    try:
-        from difflab.engine.registry import resolve_model
+    from difflab.engine.registry import resolve_model
 
-        resolve_model(model)
-    except ValueError as error:
-        raise ValueError(f"model: {settings.get('Model')!r} from the parameters is not usable here ({error}); "
-                         "pass --model") from None
+    if model is None:
+        if settings.get("Model") is None:
+            raise ValueError("model: the parameters text names no model; pass --model")
+        try:
+            resolve_model(settings["Model"])  # A1111 names a checkpoint file's stem, which rarely means anything here
+        except ValueError as error:
+            raise ValueError(f"model: {settings['Model']!r} from the parameters is not usable here ({error}); "
+                             "pass --model") from None
+    fields["model"] = model or settings["Model"]
     try:
         request = build_request(**fields)
     except RequestError as error:
