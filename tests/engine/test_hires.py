@@ -62,7 +62,7 @@ def test_metadata_and_progress(tiny_sd_folder: Path, tmp_path: Path) -> None:
     text, record = read_png_metadata(path)
     _, _, settings = parse_parameters(text)
     assert (settings["Denoising strength"], settings["Hires upscale"], settings["Hires steps"],
-            settings["Hires upscaler"], settings["Size"]) == ("0.5", "2.0", "6", "Lanczos", "32x32")
+            settings["Hires upscaler"], settings["Size"]) == ("0.5", "2", "6", "Lanczos", "32x32")
     assert record["mode"]["hires"] == {"scale": 2.0, "strength": 0.5, "steps": 6, "upscaler": "Lanczos",
                                        "width": 64, "height": 64}
 

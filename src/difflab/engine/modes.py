@@ -190,7 +190,8 @@ def infotext_settings(settings: "Settings") -> dict[str, Any]:
     if request.hires_scale is not None:
         key = "Hires denoising strength" if request.init_image is not None else "Denoising strength"
         values[key] = hires_strength_of(request)
-        values["Hires upscale"] = request.hires_scale
+        scale = request.hires_scale
+        values["Hires upscale"] = int(scale) if float(scale).is_integer() else scale  # A1111 writes "2", not "2.0"
         values["Hires steps"] = request.hires_steps or settings.steps
         values["Hires upscaler"] = UPSCALER
     return values
