@@ -121,3 +121,14 @@ def test_generation_with_weights_and_long_prompts(tiny_sd_folder: Path) -> None:
     with pytest.warns(UserWarning, match="over the text encoder's limit"):
         truncated = image(LONG, long_prompt="truncate")
     assert not np.array_equal(long_image, truncated)  # the words past the limit changed the image
+
+
+def test_families_without_clip_weighting_get_the_text_and_a_warning() -> None:
+    from difflab.engine.prompt_weighting import prompt_arguments
+
+    request = build_request(prompt="a (red:1.5) circle")
+    with pytest.warns(UserWarning, match="weighting is not applied for the flux family"):
+        arguments = prompt_arguments(None, "flux", request)  # returns before touching the pipeline
+    assert arguments == {"prompt": "a (red:1.5) circle"}
+    assert prompt_arguments(None, "sd3", build_request(prompt="a red circle", negative_prompt="blue")) == {
+        "prompt": "a red circle", "negative_prompt": "blue"}
