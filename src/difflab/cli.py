@@ -23,6 +23,8 @@ app.add_typer(train_app, name="train")
 app.add_typer(lora_app, name="lora")
 from difflab.eval.cli import eval_app  # noqa: E402  (typer only)
 app.add_typer(eval_app, name="eval")
+from difflab.control_cli import control_app  # noqa: E402  (typer only)
+app.add_typer(control_app, name="control")
 
 
 def fail(message: str) -> None:
@@ -262,6 +264,12 @@ def generate(
     out: Path = typer.Option(Path("outputs"), "--out", "-o", help="Output folder."),
     lora: list[str] = typer.Option([], "--lora", help="NAME_OR_PATH[:WEIGHT], repeatable: LoRAs combined with "
                                    "their weights; names are looked up in $DIFFLAB_LORA_DIR (default ./loras)."),
+    control: list[str] = typer.Option([], "--control", help="KIND:IMAGE[:SCALE], repeatable (multi-ControlNet): "
+                                      "kind canny, scribble, softedge, depth, pose or none (IMAGE is the map)."),
+    control_model: list[str] = typer.Option([], "--control-model", help="ControlNet of the i-th --control: a "
+                                            "registry kind, folder or cached hub id [default: the registry's]."),
+    control_start: float = typer.Option(0.0, help="Fraction of the steps before the ControlNets act."),
+    control_end: float = typer.Option(1.0, help="Fraction of the steps after which the ControlNets stop."),
     init_image: Optional[Path] = typer.Option(None, "--init-image", help="img2img: start from this image "
                                               "(its size is the default size)."),
     strength: Optional[float] = typer.Option(None, help="img2img/inpainting: how much is redrawn, 0-1 [0.75]."),
@@ -283,6 +291,7 @@ def generate(
 ) -> None:
     """Generate images from a prompt (or an init image and mask); writes PNGs with A1111 parameters and a JSON
     record embedded. Prompts take A1111 weights: (word:1.3), (word), [word]."""
+    from difflab.control_cli import controls_from_options
     from difflab.engine.request import build_request
 
     request = build_request(prompt=prompt, negative_prompt=negative, model=model, n=n, steps=steps,
@@ -290,7 +299,9 @@ def generate(
                             loras=lora, init_image=str(init_image) if init_image else None, strength=strength,
                             mask=str(mask) if mask else None, refiner=refiner, refiner_switch=refiner_switch,
                             hires_scale=hires_scale, hires_strength=hires_strength, hires_steps=hires_steps,
-                            long_prompt=long_prompt, memory=memory, allow_unsafe_pickle=allow_unsafe_pickle)
+                            long_prompt=long_prompt, memory=memory, allow_unsafe_pickle=allow_unsafe_pickle,
+                            controls=controls_from_options(control, control_model), control_start=control_start,
+                            control_end=control_end)
     from difflab.engine.registry import check_scheduler_fits, resolve_model
 
     # a missing, unknown or corrupt model, or a sampler the model cannot use, fails here, before any output exists

@@ -60,6 +60,12 @@ def format_lora_hashes(hashes: Sequence[tuple[str, str]]) -> str:
     return ", ".join(f"{name}: {hash_}" for name, hash_ in hashes)
 
 
+def format_controlnet_unit(fields: Mapping[str, Any]) -> str:
+    """One unit of sd-webui-controlnet's infotext, ``Module: canny, Model: name [hash], Weight: 1.0, ...``; the
+    caller stores it as ``ControlNet N``, and format_parameters quotes it (it holds commas)."""
+    return ", ".join(f"{key}: {value}" for key, value in fields.items() if value is not None)
+
+
 # one "Key: value" pair: the value is a JSON string or runs to the next ", Key:" (A1111's own re_param)
 _PAIR = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 

@@ -106,6 +106,12 @@ def image_png(result: Result, index: int, placement: Placement | None = None) ->
                   "Version": fields.get("Version")}
         full_record["loras"] = [{"name": lora.name, "weight": lora.weight, "file": str(lora.file),
                                  "format": lora.format, "hash": lora_hash(lora.file)} for lora in result.loras]
+    if result.controls:  # sd-webui-controlnet's "ControlNet N" units before Version, and the full record
+        from difflab.engine import control_run
+
+        fields = {**{k: v for k, v in fields.items() if k != "Version"},
+                  **control_run.infotext(settings, result.controls), "Version": fields.get("Version")}
+        full_record["controls"] = control_run.record(settings, result.controls)
     parameters = format_parameters(prompt, settings.request.negative_prompt, fields)
     return png_bytes(result.images[index], pnginfo=png_info(parameters, full_record))
 

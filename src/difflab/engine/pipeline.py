@@ -57,6 +57,7 @@ class Result:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)  # what the engine changed on its own (an OOM retry), for the user
     loras: list = field(default_factory=list)  # engine.lora.ResolvedLora applied to these images, for metadata
+    controls: list = field(default_factory=list)  # engine.control_run.PreparedControl that steered them
 
 
 @dataclass
@@ -65,6 +66,7 @@ class PipelineCache:
 
     placement: Placement = field(default_factory=choose_placement)
     _pipelines: dict[tuple, Any] = field(default_factory=dict)
+    _controlnets: dict[tuple, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def get(self, model: ResolvedModel):
@@ -76,9 +78,20 @@ class PipelineCache:
                 self._pipelines[key] = (pipeline, pipeline.scheduler)
             return self._pipelines[key]
 
+    def get_controlnet(self, controlnet):
+        """The ControlNet module of an engine.control_models.ResolvedControlNet, loaded once per device/dtype."""
+        from difflab.engine.control_models import load_controlnet
+
+        key = (str(controlnet.path), self.placement.device, str(self.placement.dtype))
+        with self._lock:
+            if key not in self._controlnets:
+                self._controlnets[key] = load_controlnet(controlnet, self.placement.device, self.placement.dtype)
+            return self._controlnets[key]
+
     def clear(self) -> None:
         with self._lock:
             self._pipelines.clear()
+            self._controlnets.clear()
 
 
 def load_pipeline(model: ResolvedModel, placement: Placement):
@@ -96,6 +109,24 @@ def load_pipeline(model: ResolvedModel, placement: Placement):
         )
     pipeline.set_progress_bar_config(disable=True)  # difflab shows its own progress
     return pipeline.to(placement.device)
+
+
+CONTROL_PIPELINES = {"sd": "StableDiffusionControlNetPipeline", "sdxl": "StableDiffusionXLControlNetPipeline",
+                     "flux": "FluxControlNetPipeline"}
+
+
+def control_pipeline(pipeline, controlnets: list, family: str):
+    """The family's ControlNet pipeline over the cached pipeline's modules (no reload, no copy) plus
+    ``controlnets`` (several: diffusers wraps them in its Multi-ControlNet, which sums their residuals)."""
+    import diffusers
+
+    if family not in CONTROL_PIPELINES:
+        raise ValueError(f"controls: ControlNet is supported for the {', '.join(CONTROL_PIPELINES)} families; "
+                         f"this model is {family}")
+    pipeline_class = getattr(diffusers, CONTROL_PIPELINES[family])
+    controlled = pipeline_class.from_pipe(pipeline, controlnet=controlnets[0] if len(controlnets) == 1 else controlnets)
+    controlled.set_progress_bar_config(disable=True)
+    return controlled
 
 
 def generators_for(seed: int, n: int) -> list[torch.Generator]:
@@ -132,6 +163,9 @@ def run(
     from difflab.engine.lora import applied_loras, resolve_all
 
     loras = resolve_all(request.loras)  # a missing LoRA file fails here, before any weights load
+    from difflab.engine import control_run
+
+    controls = control_run.prepare_controls(settings)  # ControlNets found, maps made: before any weights load
     pipeline, original_scheduler = cache.get(model)
     # a fresh scheduler from the model's own config on every request: schedulers keep state between steps, and a
     # cached pipeline must never carry one request's sampler into the next
@@ -148,10 +182,12 @@ def run(
     def draw():  # fresh generators on every call: a retry after an out-of-memory error draws the same images
         fresh = {**kwargs, "generator": generators_for(request.seed, request.n)}
         with torch.inference_mode():
+            if controls:  # txt2img steered by ControlNets (control_run.py)
+                return control_run.generate(pipeline, settings, fresh, cache, controls, on_step)
             # txt2img, img2img, inpainting, refiner, hires fix; weighted or long prompts as embeddings (modes.py)
             return modes.generate(pipeline, settings, fresh, cache, on_step)
 
     with applied_loras(pipeline, loras):  # loaded for this request only: unloaded even when drawing fails
         images = memory.call_with_oom_retry(draw, pipeline, request.memory, cache.placement.device, notes=notes)
     return Result(settings, images, [request.seed + i for i in range(request.n)], time.perf_counter() - started,
-                  notes=notes, loras=loras)
+                  notes=notes, loras=loras, controls=controls)

@@ -13,6 +13,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from difflab.engine.control import ControlSpec, parse_control
 from difflab.engine.schedulers import resolve_sampler
 
 MAX_IMAGES = 64  # per request; a batch file splits bigger jobs into requests
@@ -23,6 +24,7 @@ DEFAULT_STRENGTH = 0.75  # A1111's default denoising strength for img2img and in
 DEFAULT_REFINER_SWITCH = 0.8  # the SDXL report's split: the base model denoises the first 80% of the noise levels
 DEFAULT_HIRES_STRENGTH = 0.5
 MAX_HIRES_SCALE = 4.0
+MAX_CONTROLS = 4  # ControlNets per request; each adds a network pass per step
 
 
 class GenerationRequest(BaseModel):
@@ -58,6 +60,11 @@ class GenerationRequest(BaseModel):
     allow_unsafe_pickle: bool = Field(False, description="load .ckpt/.pt/.bin model files (pickles can run code)")
     loras: tuple[str, ...] = Field((), max_length=8, description="LoRAs as NAME_OR_PATH[:WEIGHT], combined "
                                    "with their weights (engine/lora.py)")
+    # ControlNet (engine/control.py, control_run.py): several controls = multi-ControlNet, residuals summed
+    controls: tuple[ControlSpec, ...] = Field((), max_length=MAX_CONTROLS, description="ControlNets: "
+                                              "KIND:IMAGE[:SCALE] strings or {kind, image, scale, model, low, high}")
+    control_start: float = Field(0.0, ge=0, lt=1, description="fraction of the steps before the ControlNets act")
+    control_end: float = Field(1.0, gt=0, le=1, description="fraction of the steps after which they stop")
 
     @field_validator("guidance")
     @classmethod
@@ -89,6 +96,12 @@ class GenerationRequest(BaseModel):
         items = [value] if isinstance(value, str) else list(value or ())
         return tuple(str(parse_lora_spec(str(item))) for item in items)  # canonical "name:weight"
 
+    @field_validator("controls", mode="before")
+    @classmethod
+    def _control_specs(cls, value):
+        items = [value] if isinstance(value, (str, dict, ControlSpec)) else list(value or ())
+        return tuple(parse_control(item) if isinstance(item, str) else item for item in items)
+
     @field_validator("scheduler")
     @classmethod
     def _known_scheduler(cls, value: Optional[str]) -> Optional[str]:
@@ -105,6 +118,13 @@ class GenerationRequest(BaseModel):
         from difflab.engine.modes import check_request_images
 
         check_request_images(self)  # files exist, decode, and sizes agree: before any model loads
+        return self
+
+    @model_validator(mode="after")
+    def _controls_consistent(self) -> "GenerationRequest":
+        from difflab.engine.control_run import check_request_controls
+
+        check_request_controls(self)  # control images decode, start < end, no img2img/refiner/hires with them
         return self
 
 
