@@ -119,6 +119,20 @@ def test_sdxl_img2img_and_the_refiner_alone_on_an_image(sdxl_folders, tmp_path: 
         assert images[0].size == (64, 64)
 
 
+def test_sdxl_inpainting_keeps_the_unmasked_half(sdxl_folders, tmp_path: Path) -> None:
+    from PIL import Image
+
+    init = shapes_image(tmp_path / "init.png")
+    mask = np.zeros((64, 64), dtype=np.uint8)
+    mask[:, 32:] = 255
+    Image.fromarray(mask, "L").save(tmp_path / "mask.png")
+    image = run(request(sdxl_folders[0], init_image=str(init), mask=str(tmp_path / "mask.png"), strength=1.0,
+                        width=None, height=None), CACHE).images[0]
+    out, original = pixels(image), pixels(Image.open(init).convert("RGB"))
+    assert np.array_equal(out[:, :32], original[:, :32])
+    assert np.abs(out[:, 32:] - original[:, 32:]).mean() > 20
+
+
 def test_sdxl_weight_one_is_the_pipelines_own_encoding(sdxl_folders) -> None:
     for folder in sdxl_folders:
         pipe = CACHE.get(resolve_model(str(folder)))[0]
