@@ -40,7 +40,8 @@ def make_client(models_dir: Path, pipeline_cache, tmp_path: Path):
     clients = []
 
     def make(**overrides) -> "TestClient":
-        settings = {"data_dir": tmp_path / "data", "models_dir": models_dir, "default_model": MODEL, **overrides}
+        settings = {"data_dir": tmp_path / "data", "models_dir": models_dir, "default_model": MODEL, "ui": False,
+                    **overrides}
         client = TestClient(create_app(ServeConfig(**settings), cache=pipeline_cache))
         client.__enter__()
         clients.append(client)

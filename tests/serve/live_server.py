@@ -22,8 +22,9 @@ def free_port() -> int:
 
 
 class LiveServer:
-    def __init__(self, data_dir: Path, models_dir: Path, *args: str, port: Optional[int] = None):
-        self.data_dir, self.models_dir, self.args = data_dir, models_dir, args
+    def __init__(self, data_dir: Path, models_dir: Path, *args: str, port: Optional[int] = None, ui: bool = False):
+        self.data_dir, self.models_dir = data_dir, models_dir
+        self.args = (*args, "--ui" if ui else "--no-ui")  # the UI (Gradio) only where a test drives it
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: Optional[subprocess.Popen] = None

@@ -115,6 +115,13 @@ def create_app(config: ServeConfig, *, cache=None, lock_data_dir: bool = True) -
 
     app.include_router(routes.router)
     app.include_router(a1111.router)
+    if config.ui:
+        from difflab.serve.ui import gradio_available, mount_ui
+
+        if gradio_available():
+            app = mount_ui(app)
+        else:
+            log.warning("the web UI needs Gradio (pip install 'difflab[ui]'); serving the API only")
     app.add_middleware(SecurityMiddleware, api_token=config.api_token, max_body_bytes=config.max_body_bytes)
     return app
 

@@ -32,6 +32,7 @@ class ServeConfig:
     models_dir: Optional[Path] = None  # diffusers folders here are offered by their folder name
     loras_dir: Optional[Path] = None  # LoRAs here are offered by name; default $DIFFLAB_LORA_DIR or ./loras
     default_model: str = "tiny-shapes"  # what A1111 clients get when they name no checkpoint
+    ui: bool = False  # mount the Gradio web UI at /ui (needs Gradio; opt-in: `difflab serve --ui`)
     sync_timeout_s: float = 600.0  # a synchronous request waits this long, then answers 202 with the job
 
     def __post_init__(self) -> None:
