@@ -64,7 +64,15 @@ def test_family_is_detected_and_txt2img_runs(family_folders, family: str) -> Non
 def test_folder_models_get_their_family_defaults(family_folders, family: str) -> None:
     settings = Settings.of(build_request(prompt="a red circle", model=str(family_folders[family])),
                            resolve_model(str(family_folders[family])))
-    assert (settings.width, settings.height) == (1024, 1024)
+    if family == "sdxl":  # a U-Net folder: the size it was trained at, as diffusers computes its default
+        import json
+
+        folder = family_folders[family]
+        levels = len(json.loads((folder / "vae" / "config.json").read_text())["block_out_channels"])
+        side = json.loads((folder / "unet" / "config.json").read_text())["sample_size"] * 2 ** (levels - 1)
+        assert (settings.width, settings.height) == (side, side) != (1024, 1024)
+    else:  # transformer families: the family's size
+        assert (settings.width, settings.height) == (1024, 1024)
     assert settings.steps == 30 if family == "sdxl" else settings.steps == 28
 
 

@@ -77,3 +77,15 @@ def test_pull_refuses_bundled_and_malformed_names() -> None:
         pull("tiny-shapes")
     with pytest.raises(ValueError, match="hub id like 'owner/name'"):
         pull("not a repo")
+
+
+def test_a_folder_defaults_to_the_size_it_was_trained_at(tiny_sd_folder: Path) -> None:
+    import json
+
+    unet = json.loads((tiny_sd_folder / "unet" / "config.json").read_text())
+    levels = len(json.loads((tiny_sd_folder / "vae" / "config.json").read_text())["block_out_channels"])
+    side = unet["sample_size"] * 2 ** (levels - 1)  # diffusers' own default: sample_size x vae_scale_factor
+    model = resolve_model(str(tiny_sd_folder))
+    assert (model.width, model.height) == (side, side) and side != 512  # not the SD family's 512
+    result = run(build_request(prompt="a red circle", model=str(tiny_sd_folder), steps=2), CACHE)
+    assert result.images[0].size == (side, side)

@@ -129,7 +129,25 @@ def check_scheduler_fits(model: ResolvedModel, scheduler: Optional[str]) -> None
 
 def _with_family_defaults(name: str, path: Path, family: str, single_file: bool = False) -> ResolvedModel:
     width, height, steps, guidance = FAMILY_DEFAULTS[family]
+    native = None if single_file else _native_size(path)
+    if native is not None:
+        width = height = native
     return ResolvedModel(name, path, family, width, height, steps, guidance, single_file=single_file)
+
+
+def _native_size(folder: Path) -> Optional[int]:
+    """The image side a U-Net folder was trained at (U-Net sample_size x the VAE's downsampling), as diffusers'
+    pipelines compute their default: a 64x64 model asked for the family's 512x512 would draw 64 times the pixels
+    of what it knows, slowly and badly."""
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text())
+        vae = json.loads((folder / "vae" / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    sample_size, levels = unet.get("sample_size"), len(vae.get("block_out_channels") or ())
+    if not isinstance(sample_size, int) or not levels:
+        return None
+    return sample_size * 2 ** (levels - 1)
 
 
 def _family_of_folder(path: Path) -> str:
