@@ -202,6 +202,12 @@ def test_bad_lines_name_line_and_field_and_write_nothing(tiny_sd_folder: Path, t
     assert not (tmp_path / "out").exists()
 
 
+def test_a_bad_option_is_named_as_the_option(tiny_sd_folder: Path, tmp_path: Path) -> None:
+    result = batch(write_jsonl(tmp_path / "p.jsonl"), tmp_path / "out", tiny_sd_folder, "--steps", "0")
+    assert result.exit_code == 2 and "command-line options: steps: Input should be greater" in result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_another_batch_or_a_foreign_folder_is_refused(reference, tiny_sd_folder: Path, tmp_path: Path) -> None:
     prompts, out = reference
     copy = tmp_path / "out"

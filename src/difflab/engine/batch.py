@@ -9,7 +9,7 @@ An output folder holds one batch:
     batch.json          the validated requests and their fingerprint (which batch this folder belongs to)
     manifest.jsonl      one line per finished image: line, index, seed, path, sha256, seconds
     00012-03-1234.png   line 12's image 3, seed 1234: names are fixed by (line, index), so a rerun overwrites
-    contact-sheet.png   every image, captioned "line:index" and seed
+    contact-sheet.png   every image, captioned with its line, index and seed
 
 Crash safety, in order of the writes: an image is written to a temporary file and renamed over its name (never
 half a PNG under a real name), *then* its manifest line is appended with the file's SHA-256. On resume an image
@@ -141,6 +141,10 @@ def plan_batch(path: str | Path, defaults: Optional[dict[str, Any]] = None) -> B
 
     path = Path(path)
     defaults = {key: value for key, value in (defaults or {}).items() if value is not None}
+    try:  # a bad option is one error about the option, not one per line that inherits it
+        build_request(**{"prompt": "-", **defaults})
+    except RequestError as error:
+        raise BatchError(f"command-line options: {error}") from None
     problems: list[str] = []
     lines: list[BatchLine] = []
     models: dict[tuple[str, bool], Any] = {}  # (name, allow_unsafe_pickle) -> ResolvedModel, or why it failed
@@ -371,7 +375,7 @@ def run_batch(plan: BatchPlan, folder: str | Path, cache, *,
 # 4. The contact sheet
 
 def write_contact_sheets(plan: BatchPlan, folder: str | Path) -> list[Path]:
-    """Every image of the batch in plan order, captioned with line:index and seed; ``contact-sheet.png``, or
+    """Every image of the batch in plan order, captioned with line, index and seed; ``contact-sheet.png``, or
     ``contact-sheet-001.png``, ... when the batch has more than SHEET_PAGE images."""
     from PIL import Image
 
@@ -383,7 +387,8 @@ def write_contact_sheets(plan: BatchPlan, folder: str | Path) -> list[Path]:
     for item in plan.lines:
         for index in range(item.request.n):
             with Image.open(folder / item.file_name(index)) as image:
-                tiles.append(_captioned(image.convert("RGB"), f"{item.line}:{index}", f"seed {item.request.seed + index}"))
+                tiles.append(_captioned(image.convert("RGB"), f"line {item.line} #{index}",
+                                        f"seed {item.request.seed + index}"))
     pages = [tiles[start:start + SHEET_PAGE] for start in range(0, len(tiles), SHEET_PAGE)]
     paths = []
     for number, page in enumerate(pages, start=1):
