@@ -334,8 +334,8 @@ class ImageFinished:
 
 def run_batch(plan: BatchPlan, folder: str | Path, cache, *,
               on_step: Optional[Callable[[int, int], None]] = None) -> Iterator[LineStarted | ImageFinished]:
-    """Generate every image of the plan not already finished in ``folder``; yields progress events. The caller
-    checks the folder first (``check_folder``) so that a refusal happens before any write."""
+    """Generate every image of the plan not already finished in ``folder``; yields progress events. The folder is
+    checked (``check_folder``: a refusal writes nothing) before it is created, then locked for the run."""
     from difflab.core.checkpoint import atomic_write_bytes
     from difflab.engine.outputs import image_png
     from difflab.engine.pipeline import run
