@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-train_app = typer.Typer(help="Train models: the bundled text-to-image model from scratch, LoRAs.", no_args_is_help=True)
+train_app = typer.Typer(help="Train models: the bundled text-to-image model from scratch, LoRAs, ControlNets.",
+                        no_args_is_help=True)
 
 
 @train_app.command("t2i")
@@ -118,5 +119,51 @@ def make_dataset(
 
         paths = write_shape_set(out, shape, n, seed, resolution, trigger)
         typer.echo(f"{len(paths)} images in {out}")
+
+    run()
+
+
+@train_app.command("controlnet")
+def controlnet(
+    base: str = typer.Option("tiny-shapes", "--base", help="Base model: preset or diffusers folder (SD1.x family)."),
+    out: Path = typer.Option(Path("runs/tiny-shapes-controlnet-canny"), "--out", "-o",
+                             help="Run folder: controlnet/, training state, curves, validation images."),
+    steps: int = typer.Option(3000, help="Optimizer steps."),
+    batch_size: int = typer.Option(32, help="Images per step."),
+    lr: float = typer.Option(2e-4, "--lr", help="Peak learning rate (warm-up, then cosine decay to 10%)."),
+    warmup_steps: int = typer.Option(50, help="Linear warm-up steps."),
+    num_images: int = typer.Option(4000, help="Procedural shapes to train on (cached as latents and canny maps)."),
+    data_seed: int = typer.Option(1, help="Seed of the shapes world the images come from."),
+    low: int = typer.Option(100, help="Canny low threshold of the control maps."),
+    high: int = typer.Option(200, help="Canny high threshold of the control maps."),
+    empty_prompt_probability: float = typer.Option(0.5, help="Fraction of captions replaced by the empty prompt."),
+    checkpoint_every: int = typer.Option(250, help="Write the ControlNet folder and training state every N steps."),
+    validate_every: int = typer.Option(0, help="Validation grid + edge F1 every N steps (0: only at the end)."),
+    validation_steps: int = typer.Option(20, help="Sampling steps of the validation images."),
+    resume: bool = typer.Option(False, help="Continue from the training state in --out, exactly."),
+    seed: int = typer.Option(0, help="ControlNet initialisation and every random draw."),
+) -> None:
+    """Train a canny ControlNet from the base U-Net on procedural shapes; writes a diffusers ControlNet folder."""
+    from difflab.cli import progress_bar, user_errors
+
+    @user_errors
+    def run() -> None:
+        from difflab.train.controlnet import CONTROLNET_DIR, train_controlnet
+        from difflab.train.controlnet_config import ControlNetTrainConfig
+
+        config = ControlNetTrainConfig(
+            base=base, num_images=num_images, data_seed=data_seed, low=low, high=high, learning_rate=lr,
+            warmup_steps=warmup_steps, steps=steps, batch_size=batch_size,
+            empty_prompt_probability=empty_prompt_probability, checkpoint_every=checkpoint_every,
+            validate_every=validate_every, validation_steps=validation_steps, seed=seed,
+        )
+        with progress_bar("controlnet") as progress:
+            task = progress.add_task("controlnet", total=steps, info="")
+            for event in train_controlnet(config, out, resume=resume):
+                info = f"loss {event.loss:.4f}" + (f" edge F1 {event.edge_f1:.2f}" if event.edge_f1 is not None else "")
+                progress.update(task, completed=event.step, info=info)
+                if not progress.console.is_terminal and (event.checkpoint or event.step % 100 == 0):
+                    typer.echo(f"step {event.step}/{event.total} {info} {event.seconds:.0f}s", err=True)
+        typer.echo(str(out / CONTROLNET_DIR))
 
     run()

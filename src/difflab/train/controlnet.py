@@ -1,0 +1,371 @@
+"""Training a canny ControlNet for a Stable Diffusion-family model, as a generator of progress events.
+
+A ControlNet (Zhang, Rao & Agrawala 2023) is a trainable copy of the U-Net's encoder whose outputs enter the
+frozen U-Net through zero-initialised 1x1 convolutions, so step 0 is exactly the base model. Here the copy is
+``ControlNetModel.from_unet`` of the base's own U-Net, and the training data is the procedural shapes world:
+every image's control map is the canny edge map of that image (engine.control.canny, the same function that
+preprocesses a user's picture). The loss is the base model's denoising loss with the ControlNet's residuals:
+
+    z_0 ~ q(z | x) (cached VAE posteriors),  t ~ U{0..T-1},  eps ~ N(0, I),  c = canny(x) in [0, 1]
+    loss = || target - unet(z_t, t, text, residuals = controlnet(z_t, t, text, c)) ||^2
+
+with half of the captions replaced by the empty prompt (the paper's sec. 3.3). Only the ControlNet learns.
+Every random draw of step k comes from a generator seeded with (seed, k), and the training state (weights,
+AdamW moments, step) is saved as safetensors, so ``resume`` continues exactly as the uninterrupted run would.
+
+Layout of ``out``::
+
+    controlnet/                 diffusers ControlNetModel folder (config.json + safetensors): what the engine loads
+    training.json               config, base model and its hash, steps, time, final loss, validation edge F1
+    training_state.safetensors  ControlNet weights + optimizer state, for --resume
+    loss.csv, loss.png          per-step loss and its curve
+    validation/step-000250.png  control maps (top row) and the images drawn from them (bottom row)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+
+from difflab.core.checkpoint import (
+    CheckpointError,
+    atomic_save_safetensors,
+    atomic_write_bytes,
+    optimizer_tensors,
+    read_safetensors_with_metadata,
+    restore_optimizer,
+)
+from difflab.core.train import learning_rate_at
+from difflab.train.controlnet_config import ControlNetTrainConfig
+
+STATE_NAME = "training_state.safetensors"
+RECORD_NAME = "training.json"
+CONTROLNET_DIR = "controlnet"
+SUPPORTED_FAMILIES = ("sd",)
+CONDITIONING_CHANNELS = (16, 32, 96, 256)  # diffusers' default ControlNet hint encoder; one stride-2 conv between
+
+
+@dataclass(frozen=True)
+class ControlNetEvent:
+    step: int
+    total: int
+    loss: float
+    learning_rate: float
+    seconds: float
+    checkpoint: Optional[Path] = None
+    validation: Optional[Path] = None
+    edge_f1: Optional[float] = None  # mean edge F1 of the validation images, where they were drawn
+
+
+def new_controlnet(unet, vae_scale_factor: int):
+    """``ControlNetModel.from_unet(unet)`` whose hint encoder shrinks the map by the VAE's factor: the map enters
+    at image size and must land on the latent grid (4x for 64 px images on 16x16 latents, 8x for SD)."""
+    from diffusers import ControlNetModel
+
+    levels = round(math.log2(vae_scale_factor))
+    if 2**levels != vae_scale_factor or not 1 <= levels <= len(CONDITIONING_CHANNELS) - 1:
+        raise ValueError(f"base: a VAE factor of {vae_scale_factor} is not 2, 4 or 8; no ControlNet hint encoder fits")
+    return ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=CONDITIONING_CHANNELS[: levels + 1])
+
+
+def load_base(config: ControlNetTrainConfig, device: str):
+    """(frozen pipeline, resolved model) of the base."""
+    from diffusers import StableDiffusionPipeline
+
+    from difflab.engine.registry import resolve_model
+
+    model = resolve_model(config.base)
+    if model.family not in SUPPORTED_FAMILIES or model.single_file:
+        raise ValueError(f"base: ControlNet training supports diffusers folders of the {', '.join(SUPPORTED_FAMILIES)} "
+                         f"family; {config.base!r} is {'a single file' if model.single_file else model.family}")
+    pipe = StableDiffusionPipeline.from_pretrained(str(model.path), use_safetensors=True, local_files_only=True,
+                                                   safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    for part in (pipe.vae, pipe.text_encoder, pipe.unet):
+        part.requires_grad_(False).eval()
+    return pipe.to(device), model
+
+
+# --- data: shapes, their canny maps, cached posteriors and caption embeddings --------------------------------
+
+
+@dataclass
+class _Cache:
+    mean: torch.Tensor  # (N, C, h, w) VAE posterior means, times scaling_factor
+    std: torch.Tensor  # (N, C, h, w)
+    maps: torch.Tensor  # (N, H, W) uint8 canny maps, 255 = edge
+    caption_index: torch.Tensor  # (N,) row of each image's caption in embeddings
+    embeddings: torch.Tensor  # (K, L, D) the K distinct captions, encoded once (the text encoder is frozen)
+    empty: torch.Tensor  # (L, D) the empty prompt
+
+
+def shape_sample(index: int, seed: int, resolution: int, low: int, high: int):
+    """(image, canny map, caption) of sample ``index`` of the shapes world ``seed``."""
+    from difflab.data.shapes import ShapesDataset, render
+    from difflab.engine.control import canny
+
+    spec, text, rng = ShapesDataset(index + 1, seed, resolution=resolution).spec_and_caption(index)
+    image = render(spec, rng, resolution)
+    return image, canny(image, low, high), text
+
+
+@torch.no_grad()
+def build_cache(pipe, config: ControlNetTrainConfig, resolution: int, device: str) -> _Cache:
+    import numpy as np
+
+    from difflab.data.shapes import image_to_tensor
+    from difflab.train.lora import _encode
+
+    images, maps, captions = [], [], []
+    for index in range(config.num_images):
+        image, control_map, text = shape_sample(index, config.data_seed, resolution, config.low, config.high)
+        images.append(image_to_tensor(image))
+        maps.append(torch.from_numpy(np.asarray(control_map.convert("L")).copy()))
+        captions.append(text)
+    pixels = torch.stack(images)  # (N, 3, H, W) in [-1, 1]
+    means, stds = [], []
+    for start in range(0, len(pixels), 64):
+        posterior = pipe.vae.encode(pixels[start:start + 64].to(device)).latent_dist
+        means.append(posterior.mean)
+        stds.append(posterior.std)
+    scale = pipe.vae.config.scaling_factor
+    distinct = list(dict.fromkeys(captions))
+    row = {text: i for i, text in enumerate(distinct)}
+    embeddings = torch.cat([_encode(pipe, distinct[i:i + 256]) for i in range(0, len(distinct), 256)])
+    return _Cache(torch.cat(means) * scale, torch.cat(stds) * scale, torch.stack(maps),
+                  torch.tensor([row[text] for text in captions]), embeddings, _encode(pipe, [""])[0])
+
+
+def _generator(config: ControlNetTrainConfig, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+
+
+# --- training ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    step: int = 0
+    seconds: float = 0.0
+    rows: list[tuple[int, float]] = field(default_factory=list)
+    edge_f1: Optional[float] = None
+
+
+def train_controlnet(config: ControlNetTrainConfig, out: str | Path, *, resume: bool = False,
+                     device: Optional[str] = None) -> Iterator[ControlNetEvent]:
+    """Train a canny ControlNet for ``config.base``, yielding an event per step; writes the layout above."""
+    from diffusers import DDPMScheduler
+
+    from difflab.engine.device import choose_placement
+
+    out = Path(out)
+    device = device or choose_placement().device
+    _check_out(config, out, resume)
+    pipe, model = load_base(config, device)
+    resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)  # the base's training noise schedule
+    torch.manual_seed(config.seed)
+    controlnet = new_controlnet(pipe.unet, pipe.vae_scale_factor).to(device)
+    cache = build_cache(pipe, config, resolution, device)
+
+    # 1. AdamW over the ControlNet's weights; the base stays frozen
+    params = dict(controlnet.named_parameters())
+    optimizer = torch.optim.AdamW(params.values(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    run = _Run()
+    if resume and (out / STATE_NAME).is_file():
+        _load_state(out, params, optimizer, run)
+    controlnet.train()
+    started = time.perf_counter() - run.seconds
+
+    while run.step < config.steps:
+        # 2. This step's images, posterior samples, timesteps, noise and dropped prompts, from this step's generator
+        generator = _generator(config, run.step)
+        index = torch.randint(0, len(cache.maps), (config.batch_size,), generator=generator)
+        z_0 = cache.mean[index] + cache.std[index] * torch.randn(cache.mean[index].shape, generator=generator).to(device)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (config.batch_size,), generator=generator).to(device)
+        eps = torch.randn(z_0.shape, generator=generator).to(device)
+        dropped = (torch.rand(config.batch_size, generator=generator) < config.empty_prompt_probability).to(device)
+        text = torch.where(dropped[:, None, None], cache.empty, cache.embeddings[cache.caption_index[index]])
+        condition = (cache.maps[index].float() / 255)[:, None].expand(-1, 3, -1, -1).to(device)  # (B, 3, H, W)
+
+        # 3. Denoising loss of the frozen U-Net plus the ControlNet's residuals
+        z_t = scheduler.add_noise(z_0, eps, t)
+        target = eps if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(z_0, eps, t)
+        down, middle = controlnet(z_t, t, encoder_hidden_states=text, controlnet_cond=condition, return_dict=False)
+        prediction = pipe.unet(z_t, t, encoder_hidden_states=text, down_block_additional_residuals=down,
+                               mid_block_additional_residual=middle).sample  # (B, C, h, w)
+        loss = (prediction.float() - target.float()).pow(2).mean()
+        learning_rate = learning_rate_at(run.step, config)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params.values(), config.grad_clip)
+        optimizer.step()
+
+        # 4. Bookkeeping, checkpoints and validation images
+        run.step += 1
+        run.seconds = time.perf_counter() - started
+        run.rows.append((run.step, loss.item()))
+        last = run.step == config.steps
+        written = validation = None
+        if (config.validate_every and run.step % config.validate_every == 0) or last:
+            validation, run.edge_f1 = write_validation(pipe, controlnet, config, out, run.step, resolution)
+            controlnet.train()
+        if run.step % config.checkpoint_every == 0 or last:
+            _save_state(out, params, optimizer, run)
+            save_controlnet(controlnet, config, out, model, run, resolution)
+            written = out / CONTROLNET_DIR
+        yield ControlNetEvent(run.step, config.steps, loss.item(), learning_rate, run.seconds, written, validation,
+                              run.edge_f1 if validation else None)
+
+
+def _check_out(config: ControlNetTrainConfig, out: Path, resume: bool) -> None:
+    """Refuse to overwrite a run without --resume, and to resume one trained on other data or shapes."""
+    if (out / STATE_NAME).is_file() and not resume:
+        raise ValueError(f"{str(out)!r} already holds a ControlNet training run; pass --resume or use a new -o folder")
+    record = out / RECORD_NAME
+    if resume and record.is_file():
+        saved = json.loads(record.read_text()).get("config", {})
+        mine = json.loads(json.dumps(config.to_dict()))
+        for name in ControlNetTrainConfig.RESUME_FIELDS:
+            if saved.get(name) != mine.get(name):
+                raise ValueError(f"{name} differs from the run in {str(out)!r} ({saved.get(name)!r}); "
+                                 "resume with the same settings or use a new -o folder")
+
+
+def _save_state(out: Path, params: dict, optimizer: torch.optim.Optimizer, run: _Run) -> None:
+    tensors = {f"controlnet.{name}": p.detach().clone().contiguous() for name, p in params.items()}
+    optimizer_state, metadata = optimizer_tensors(optimizer)
+    tensors.update(optimizer_state)
+    metadata.update(step=str(run.step), seconds=repr(run.seconds))
+    atomic_save_safetensors(tensors, out / STATE_NAME, metadata=metadata)
+    _write_losses(out, run.rows)
+
+
+def _load_state(out: Path, params: dict, optimizer: torch.optim.Optimizer, run: _Run) -> None:
+    path = out / STATE_NAME
+    tensors, metadata = read_safetensors_with_metadata(path)
+    with torch.no_grad():
+        for name, p in params.items():
+            key = f"controlnet.{name}"
+            if key not in tensors or tensors[key].shape != p.shape:
+                raise CheckpointError(f"cannot resume: {str(path)!r} has no matching {key}")
+            p.copy_(tensors[key])
+    restore_optimizer(optimizer, tensors, metadata)
+    run.step, run.seconds = int(metadata["step"]), float(metadata["seconds"])
+    run.rows = [row for row in _read_losses(out) if row[0] <= run.step]
+    record = out / RECORD_NAME
+    if record.is_file():
+        run.edge_f1 = json.loads(record.read_text()).get("validation_edge_f1")
+
+
+def _write_losses(out: Path, rows: list[tuple[int, float]]) -> None:
+    from difflab.viz.curves import plot_loss_curve
+
+    text = "step,loss\n" + "".join(f"{step},{loss:.6f}\n" for step, loss in rows)
+    atomic_write_bytes(out / "loss.csv", text.encode())
+    if rows:
+        plot_loss_curve(rows, out / "loss.png")
+
+
+def _read_losses(out: Path) -> list[tuple[int, float]]:
+    path = out / "loss.csv"
+    if not path.is_file():
+        return []
+    with open(path) as handle:
+        return [(int(row["step"]), float(row["loss"])) for row in csv.DictReader(handle)]
+
+
+# --- the results: the ControlNet folder, the record, validation images --------------------------------------
+
+
+def save_controlnet(controlnet, config: ControlNetTrainConfig, out: Path, model, run: _Run, resolution: int) -> Path:
+    """The diffusers folder, swapped in whole (write beside, then rename), and the JSON record."""
+    out.mkdir(parents=True, exist_ok=True)
+    final = out / CONTROLNET_DIR
+    temporary = Path(tempfile.mkdtemp(dir=out, prefix=".controlnet-"))
+    controlnet.save_pretrained(temporary, safe_serialization=True)
+    if final.exists():
+        old = out / f".controlnet-old-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(temporary, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(temporary, final)
+    record = training_record(config, model, run, resolution)
+    atomic_write_bytes(out / RECORD_NAME, (json.dumps(record, indent=2) + "\n").encode())
+    return final
+
+
+def training_record(config: ControlNetTrainConfig, model, run: _Run, resolution: int) -> dict:
+    import diffusers
+
+    from difflab import __version__
+    from difflab.engine.outputs import model_hash
+
+    return {
+        "kind": "controlnet",
+        "control": "canny",
+        "config": config.to_dict(),
+        "base": {"name": config.base, "path": str(model.path), "family": model.family,
+                 "hash": model_hash(model.path)},
+        "resolution": resolution,
+        "steps_done": run.step,
+        "seconds": round(run.seconds, 2),
+        "final_loss": run.rows[-1][1] if run.rows else None,
+        "validation_edge_f1": run.edge_f1,
+        "edge_f1_tolerance_px": _tolerance(),
+        "versions": {"difflab": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+                     "python": platform.python_version()},
+    }
+
+
+def _tolerance() -> float:
+    from difflab.eval.edges import DEFAULT_TOLERANCE
+
+    return DEFAULT_TOLERANCE
+
+
+def validation_set(config: ControlNetTrainConfig, resolution: int) -> list[tuple]:
+    """(image, map, caption) of held-out shapes: another seed of the shapes world than the training data's."""
+    return [shape_sample(i, config.data_seed + 10_000, resolution, config.low, config.high)
+            for i in range(config.validation_images)]
+
+
+@torch.no_grad()
+def write_validation(pipe, controlnet, config: ControlNetTrainConfig, out: Path, step: int,
+                     resolution: int) -> tuple[Path, float]:
+    """Maps over images drawn from them (seed = config.seed + i), and their mean edge F1 against the maps."""
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionControlNetPipeline
+
+    from difflab.eval.edges import image_edge_f1, mean_f1
+    from difflab.viz.grid import make_grid, png_bytes
+
+    samples = validation_set(config, resolution)
+    controlnet.eval()
+    controlled = StableDiffusionControlNetPipeline(
+        vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=pipe.unet, controlnet=controlnet,
+        scheduler=DPMSolverMultistepScheduler.from_config(pipe.scheduler.config), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False)
+    controlled.set_progress_bar_config(disable=True)
+    generators = [torch.Generator().manual_seed(config.seed + i) for i in range(len(samples))]
+    images = controlled([caption for _, _, caption in samples], image=[m for _, m, _ in samples],
+                        num_inference_steps=config.validation_steps, guidance_scale=config.validation_guidance,
+                        generator=generators).images
+    f1 = mean_f1([image_edge_f1(image, m) for image, (_, m, _) in zip(images, samples)])
+    path = out / "validation" / f"step-{step:06d}.png"
+    grid = make_grid([m for _, m, _ in samples] + list(images), columns=len(samples), scale=2)
+    atomic_write_bytes(path, png_bytes(grid))
+    return path, f1
