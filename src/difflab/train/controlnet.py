@@ -296,6 +296,7 @@ def save_controlnet(controlnet, config: ControlNetTrainConfig, out: Path, model,
     out.mkdir(parents=True, exist_ok=True)
     final = out / CONTROLNET_DIR
     temporary = Path(tempfile.mkdtemp(dir=out, prefix=".controlnet-"))
+    temporary.chmod(0o755)  # mkdtemp makes it private; the folder is shipped and read by others
     controlnet.save_pretrained(temporary, safe_serialization=True)
     if final.exists():
         old = out / f".controlnet-old-{os.getpid()}"
