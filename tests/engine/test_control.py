@@ -294,3 +294,30 @@ def test_a_controlnet_of_another_family_is_refused(tiny_sd_folder, tmp_path, squ
     request = _request(tiny_sd_folder, [{"kind": "canny", "image": str(square_png), "model": str(config)}])
     with pytest.raises(ValueError, match="controls.0.model: .* is a FluxControlNetModel, which steers flux models"):
         run(request, PipelineCache())
+
+
+def test_registry_picks_the_bundled_controlnet_for_tiny_shapes_and_names_pull_for_hub_ones(monkeypatch, tmp_path):
+    from difflab.engine import control_models
+    from difflab.engine.registry import ResolvedModel
+
+    bundled = tmp_path / "models"
+    (bundled / "tiny-shapes").mkdir(parents=True)
+    folder = bundled / "tiny-shapes-controlnet-canny"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"_class_name": "ControlNetModel"}))
+    (folder / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    monkeypatch.setattr(control_models, "BUNDLED_DIR", bundled)
+    tiny = ResolvedModel("tiny-shapes", bundled / "tiny-shapes", "sd", 64, 64, 20, 7.5)
+    assert control_models.resolve_controlnet(None, "canny", tiny, "controls.0.model").path == folder
+    # model=canny with kind none: a ready-made edge map through the registry's canny ControlNet
+    assert control_models.resolve_controlnet("canny", "none", tiny, "controls.0.model").path == folder
+    with pytest.raises(ValueError, match="controls.0.model: give its model"):
+        control_models.resolve_controlnet(None, "none", tiny, "controls.0.model")
+    # another SD model: the hub ControlNet, which offline must be pulled first
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    other = ResolvedModel("my-sd", tmp_path, "sd", 512, 512, 30, 7.5)
+    with pytest.raises(ValueError, match=r"lllyasviel/control_v11p_sd15_canny.*difflab pull"):
+        control_models.resolve_controlnet(None, "canny", other, "controls.0.model")
+    sd3 = ResolvedModel("sd3", tmp_path, "sd3", 1024, 1024, 28, 5.0)
+    with pytest.raises(ValueError, match="controls: ControlNet is supported for the sd, sdxl, flux families"):
+        control_models.resolve_controlnet(None, "canny", sd3, "controls.0.model")
