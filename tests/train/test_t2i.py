@@ -111,6 +111,7 @@ def test_evaluate_pipeline_returns_an_adherence_report(trained):
     ("unet", {"cross_attention": [True]}, "unet.cross_attention"),
     ("vae", {"colour": 1}, "vae.colour"),
     ("vae_training", {"batch_size": "8"}, "vae_training.batch_size"),
+    ("vae_training", {"foreground_weight": -1}, "vae_training.foreground_weight"),
 ])
 def test_bad_config_values_name_the_field(table, values, field):
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
@@ -126,3 +127,17 @@ def test_committed_recipe_loads_and_bad_files_name_themselves(tmp_path):
     bad.write_text("[unet_training]\nsteps = -1\n")
     with pytest.raises(ValueError, match="bad.toml.*unet_training.steps"):
         load_config(bad)
+
+
+def test_foreground_mask_marks_the_shape_not_the_background():
+    from difflab.data.shapes import ShapeSpec, render
+    from difflab.train.t2i import foreground_mask
+
+    image = render(ShapeSpec("square", "red", "blue", "centre", "large"))
+    x = torch.tensor(list(image.getdata()), dtype=torch.float32).reshape(1, 64, 64, 3).permute(0, 3, 1, 2) / 127.5 - 1
+    mask = foreground_mask(x)[0, 0]
+    red = torch.tensor([215, 30, 35]) / 127.5 - 1  # the palette's red, as the data loader scales it
+    exactly_red = ((x[0] - red[:, None, None]).abs().amax(dim=0) < 0.02)
+    assert mask.shape == (64, 64) and not mask[0].any() and not mask[:, -1].any()  # the border is background
+    assert mask[exactly_red].all()  # every pixel of the shape's own colour is foreground
+    assert 0.8 * exactly_red.sum() <= mask.sum() <= 1.3 * exactly_red.sum()  # plus only its anti-aliased rim

@@ -242,7 +242,7 @@ class AdherenceReport:
         for name, accuracy, n in rows:
             shown = "-" if accuracy is None else f"{100 * accuracy:.1f}%"
             lines.append(f"{name:<16}{shown:>10}{n:>8}")
-        mistakes = sorted((k, v) for k, v in self.shape_confusion.items() if k[0] != k[1])
+        mistakes = sorted(((k, v) for k, v in self.shape_confusion.items() if k[0] != k[1]), key=str)  # None = unread
         if mistakes:
             lines.append("shape mistakes: " + ", ".join(f"{a}->{r}: {v}" for (a, r), v in mistakes))
         return "\n".join(lines)

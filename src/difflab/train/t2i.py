@@ -313,10 +313,9 @@ def train_vae(config: T2IConfig, out: str | Path, *, resume: bool = False) -> It
         reconstruction = vae.decode(z).sample  # (B, 3, H, W)
 
         # 2. Loss: per-pixel reconstruction + kl_weight * KL per latent element
-        if train_config.reconstruction == "l1":
-            reconstruction_loss = (reconstruction - x).abs().mean()
-        else:
-            reconstruction_loss = (reconstruction - x).pow(2).mean()
+        error = (reconstruction - x).abs() if train_config.reconstruction == "l1" else (reconstruction - x).pow(2)
+        weight = 1 + train_config.foreground_weight * foreground_mask(x)  # (B, 1, H, W)
+        reconstruction_loss = (error * weight).sum() / (weight.sum() * x.shape[1])
         kl = posterior.kl().mean() / z[0].numel()
         loss = reconstruction_loss + train_config.kl_weight * kl
         learning_rate = _set_learning_rate(optimizer, state.step, train_config)
@@ -337,6 +336,14 @@ def train_vae(config: T2IConfig, out: str | Path, *, resume: bool = False) -> It
         yield T2IEvent("vae", state.step, train_config.steps, loss.item(), learning_rate, state.seconds, written)
     if not (folder / VAE_MODEL).is_dir():  # resumed after the last step, before the model was saved
         _save_vae_model(config, vae, folder / VAE_MODEL)
+
+
+@torch.no_grad()
+def foreground_mask(x: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:
+    """(B, 1, H, W) 1.0 where a pixel's colour differs from its image's median border colour (the background)."""
+    border = torch.cat([x[..., 0, :], x[..., -1, :], x[..., :, 0], x[..., :, -1]], dim=-1)  # (B, 3, 4W)
+    background = border.median(dim=-1).values[..., None, None]  # (B, 3, 1, 1)
+    return ((x - background).abs().amax(dim=1, keepdim=True) > threshold).to(x.dtype)
 
 
 @torch.no_grad()
