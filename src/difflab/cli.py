@@ -233,19 +233,62 @@ def viz_trajectory(
     guidance: float = typer.Option(3.0),
     seed: int = typer.Option(0),
     out: Path = typer.Option(Path("outputs/trajectory.png"), "--out", "-o"),
+    gif: Optional[Path] = typer.Option(None, "--gif", help="Also write every step as a GIF: the state above the "
+                                       "predicted x0, for --samples samples."),
+    samples: int = typer.Option(1, min=1, max=64, help="Samples drawn (seeds seed..seed+samples-1); the grid "
+                                "shows the first, the GIF all."),
 ) -> None:
-    """The denoising trajectory: the noisy state and the predicted x0 after each step, as a grid."""
+    """The denoising trajectory: the noisy state and the predicted x0 after each step, as a grid (and a GIF)."""
     from difflab.core.checkpoint import load_model
     from difflab.core.generate import SampleRequest, sample_steps
     from difflab.viz.trajectory import trajectory_grid
 
     model = load_model(checkpoint or bundled_digits_checkpoint())
-    labels = (_parse_label(label, model.spec.class_names),)
+    labels = (_parse_label(label, model.spec.class_names),) * samples
     request = SampleRequest(labels=labels, sampler=sampler, steps=steps, guidance=guidance, seed=seed)
-    grid = trajectory_grid(sample_steps(model, request))
+    trajectory = list(sample_steps(model, request))
+    grid = trajectory_grid(trajectory)
     out.parent.mkdir(parents=True, exist_ok=True)
     grid.save(out)
     typer.echo(str(out))
+    if gif is not None:
+        from difflab.viz.animation import trajectory_gif
+
+        typer.echo(str(trajectory_gif(trajectory, gif, samples=samples)))
+
+
+@viz_app.command("samplers")
+@user_errors
+def viz_samplers(
+    checkpoint: Path = typer.Option(None, "--checkpoint", "-c", help="[default: the bundled digits model]"),
+    samplers: str = typer.Option("ddim,euler-ancestral,dpmpp-2m", help="Comma-separated sampler names (rows)."),
+    steps: str = typer.Option("5,10,20", help="Comma-separated step counts (columns)."),
+    per_class: int = typer.Option(10, min=1, help="Samples of each digit per cell, scored for FD and accuracy."),
+    guidance: float = typer.Option(3.0),
+    seed: int = typer.Option(0, help="Sample i uses seed + i in every cell."),
+    out: Path = typer.Option(Path("outputs/samplers.png"), "--out", "-o"),
+) -> None:
+    """Samplers x steps from the same seeds, each cell with its measured FD, class accuracy and time."""
+    from difflab.core.checkpoint import load_model
+    from difflab.viz.samplers import compare_samplers, plot_sampler_comparison
+
+    names = [s.strip() for s in samplers.split(",") if s.strip()]
+    try:
+        counts = [int(s) for s in steps.split(",") if s.strip()]
+    except ValueError:
+        fail(f"steps must be comma-separated whole numbers; got {steps!r}")
+    from difflab.core.samplers import get_sampler
+
+    for name in names:  # a bad name fails before the model loads and the bar is drawn
+        get_sampler(name)
+    model = load_model(checkpoint or bundled_digits_checkpoint())
+    with progress_bar("sampling") as progress:
+        task = progress.add_task("sampling", total=len(names) * len(counts), info="")
+        result = compare_samplers(model, names, counts, per_class=per_class, guidance=guidance, seed=seed,
+                                  progress=lambda cell: progress.update(task, advance=1, info=cell.sampler))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    typer.echo(result.table())
+    typer.echo(str(plot_sampler_comparison(result, out)))
 
 
 @app.command("generate")
@@ -365,6 +408,28 @@ def serve_command(
     from difflab.serve.app import serve
 
     serve(config)
+
+
+@app.command("explain")
+@user_errors
+def explain_command(
+    topic: Optional[str] = typer.Argument(None, help="forward-process, schedulers, guidance, latent-space, lora or "
+                                          "controlnet; leave out to list them."),
+    out: Path = typer.Option(Path("outputs/explain"), "--out", "-o", help="Folder for the figure."),
+    model: str = typer.Option("tiny-shapes", help="Text-to-image model of guidance, latent-space, lora, controlnet."),
+    checkpoint: Path = typer.Option(None, "--checkpoint", "-c", help="Digits checkpoint of forward-process and "
+                                    "schedulers [default: the bundled digits model]."),
+    seed: int = typer.Option(0),
+) -> None:
+    """A short walk-through of one idea that runs the real code and saves a figure (its path is the last line)."""
+    from difflab.explain import TOPICS, explain
+
+    if topic is None:
+        for item in TOPICS.values():
+            typer.echo(f"{item.name:<16} {item.summary} ({item.model_kind} model)")
+        return
+    for line in explain(topic, out, model=model, digits=checkpoint, seed=seed):
+        typer.echo(line)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -1,0 +1,69 @@
+"""``difflab explain``: each walk-through runs the real code, ends with its figure's path, and fails clearly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from difflab.cli import app
+from tests.engine.conftest import tiny_sd_folder  # noqa: F401  (the fixture, re-exported here)
+
+runner = CliRunner()
+
+
+def test_without_a_topic_it_lists_them() -> None:
+    from difflab.explain import TOPICS
+
+    result = runner.invoke(app, ["explain"])
+    assert result.exit_code == 0, result.output
+    assert [line.split()[0] for line in result.output.splitlines()] == list(TOPICS)
+
+
+def test_forward_process_prints_the_table_and_the_figure(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["explain", "forward", "-c", str(tiny_checkpoint), "-o", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert Path(lines[-1]) == tmp_path / "forward-process.png" and Path(lines[-1]).is_file()
+    rows = [line.split() for line in lines if line.strip().split(" ")[0].isdigit()]
+    assert [row[0] for row in rows] == ["0", "100", "250", "500", "750", "999"]
+    assert rows[0][1] == "100.0%" and rows[-1][1] == "0.0%"  # alpha_bar_0 ~ 1, alpha_bar_999 ~ 4e-5
+
+
+def test_schedulers_topic_runs_on_a_digits_checkpoint(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["explain", "schedulers", "-c", str(tiny_checkpoint), "-o", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "| dpmpp-2m | 20 |" in result.output
+    assert (tmp_path / "schedulers.png").is_file()
+
+
+def test_lora_sizes_match_what_peft_trains(tiny_sd_folder: Path, tmp_path: Path) -> None:  # noqa: F811
+    from difflab.train.lora import load_base
+    from difflab.train.lora_config import LoraTrainConfig
+
+    result = runner.invoke(app, ["explain", "lora", "--model", str(tiny_sd_folder), "-o", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    row = next(line.split() for line in result.output.splitlines() if line.strip().startswith("LoRA r=8"))
+    pipe, _ = load_base(LoraTrainConfig(base=str(tiny_sd_folder), data="unused", trigger="hexagon", rank=8))
+    trained = sum(p.numel() for p in pipe.unet.parameters() if p.requires_grad)
+    assert int(row[2].replace(",", "")) == trained
+    assert (tmp_path / "lora.png").is_file()
+
+
+def test_latent_space_runs_on_a_text_to_image_folder(tiny_sd_folder: Path, tmp_path: Path) -> None:  # noqa: F811
+    result = runner.invoke(app, ["explain", "latent-space", "--model", str(tiny_sd_folder), "-o", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "fewer" in result.output and (tmp_path / "latent-space.png").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["explain", "nonsense"], "topic must be one of"),
+    (["explain", "guidance", "--model", "/nowhere/model"], "topic guidance runs on a text-to-image model"),
+])
+def test_bad_input_is_one_line_exit_2_and_nothing_written(args: list[str], message: str, tmp_path: Path) -> None:
+    out = tmp_path / "figures"
+    result = runner.invoke(app, [*args, "-o", str(out)])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert not out.exists()
