@@ -121,9 +121,20 @@ def test_bad_input_is_422_json_naming_each_field(client) -> None:
 
 
 def test_paths_in_requests_cannot_leave_the_server_folders(client) -> None:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32)).save(buffer, format="PNG")
+    upload = client.post("/v1/inputs", content=buffer.getvalue()).json()["name"]
     cases = {
         "model": {"model": "/etc"}, "init_image": {"init_image": "/etc/passwd"},
         "loras.0": {"loras": ["../../secret:0.5"]}, "allow_unsafe_pickle": {"allow_unsafe_pickle": True},
+        # a relative name would resolve against the server's working folder: control images must be uploads
+        "controls.0.image": {"controls": ["canny:pyproject.toml"]},
+        "controls.1.image": {"controls": [{"kind": "none", "image": upload}, {"kind": "canny", "image": "/etc/x.png"}]},
+        "controls.0.model": {"controls": [{"kind": "canny", "image": upload, "model": "../models/cn"}]},
     }
     for field, change in cases.items():
         response = client.post("/v1/generate", json={"prompt": "x", **SMALL, **change})

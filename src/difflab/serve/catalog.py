@@ -22,6 +22,7 @@ from typing import Any, Optional
 
 MODEL_FIELDS = ("model", "refiner")
 LORA_FIELD = "loras"
+CONTROL_FIELD = "controls"
 REFUSED_IF_TRUE = {"allow_unsafe_pickle": "is not allowed through the server (unpickling can run code)"}
 INPUT_FILE_FIELDS = ("init_image", "mask")
 TEXT_FIELDS = ("prompt", "negative_prompt", "scheduler", "long_prompt")  # free text, never opened as files
@@ -110,6 +111,27 @@ class Catalog:
             raise FieldError(field, f"no uploaded input named {name!r} (upload it with POST /v1/inputs)")
         return str(path.resolve())
 
+    def control_spec(self, field: str, item: Any) -> Any:
+        """A ControlNet's image must be an uploaded input, and its model a registry name or a cached hub id: a
+        relative path would otherwise resolve against the server's working folder."""
+        from difflab.engine.control import parse_control
+
+        if isinstance(item, str):
+            try:
+                item = parse_control(item)
+            except ValueError as error:
+                raise FieldError(field, str(error)) from None
+        if not isinstance(item, dict):
+            return item  # the request model reports the type error
+        item = dict(item)
+        if isinstance(item.get("image"), str):
+            item["image"] = self.input_path(f"{field}.image", item["image"])
+        model = item.get("model")
+        if isinstance(model, str) and not (_FOLDER_NAME.match(model) or _HUB_ID.match(model)) or (
+                isinstance(model, str) and (escapes_folder(model) or ".." in model or Path(model).exists())):
+            raise FieldError(f"{field}.model", f"must be a ControlNet kind name or a cached hub id; got {model[:100]!r}")
+        return item
+
     def rewrite(self, body: dict[str, Any]) -> dict[str, Any]:
         """The body with client names replaced by server paths; FieldError for anything outside the catalog."""
         if not isinstance(body, dict):
@@ -129,8 +151,14 @@ class Catalog:
             loras = [part for part in loras.split(",") if part.strip()]
         if isinstance(loras, (list, tuple)):
             body[LORA_FIELD] = [self.lora_spec(f"{LORA_FIELD}.{index}", str(item)) for index, item in enumerate(loras)]
+        controls = body.get(CONTROL_FIELD)
+        if isinstance(controls, (str, dict)):
+            controls = [controls]
+        if isinstance(controls, (list, tuple)):
+            body[CONTROL_FIELD] = [self.control_spec(f"{CONTROL_FIELD}.{index}", item)
+                                   for index, item in enumerate(controls)]
         for field, value in body.items():
-            if field not in (*MODEL_FIELDS, *INPUT_FILE_FIELDS, *TEXT_FIELDS, LORA_FIELD):
+            if field not in (*MODEL_FIELDS, *INPUT_FILE_FIELDS, *TEXT_FIELDS, LORA_FIELD, CONTROL_FIELD):
                 _refuse_paths(field, value)
         return body
 
