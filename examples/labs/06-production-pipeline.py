@@ -130,13 +130,17 @@ from PIL import Image as PILImage
 from difflab.serve.app import create_app
 from difflab.serve.config import ServeConfig
 
-app = create_app(ServeConfig(data_dir=OUT / "serve", default_model=MODEL, ui=False), cache=cache)
+from difflab.engine.registry import PRESETS
+
+# the server runs only models it offers: presets by name, and the folders of --models-dir by their folder name
+models_dir, served = (None, MODEL) if MODEL in PRESETS else (Path(MODEL).parent, Path(MODEL).name)
+app = create_app(ServeConfig(data_dir=OUT / "serve", models_dir=models_dir, default_model=served, ui=False), cache=cache)
 with TestClient(app) as client:
-    job = client.post("/v1/generate", json={"prompt": "a purple square on yellow", "model": MODEL}).json()
+    job = client.post("/v1/generate", json={"prompt": "a purple square on yellow", "model": served}).json()
     print(f"job {job['id']}: {job['state']}, images {[image['url'] for image in job['images']]}")
     png = client.get(job["images"][0]["url"]).content
     a1111 = client.post("/sdapi/v1/txt2img", json={"prompt": "a purple square on yellow", "seed": 0}).json()
-    error = client.post("/v1/generate", json={"prompt": "a circle", "model": MODEL, "steps": -1})
+    error = client.post("/v1/generate", json={"prompt": "a circle", "model": served, "steps": -1})
     print(f"a bad request: HTTP {error.status_code}, {error.json()}")
 from_v1 = PILImage.open(io.BytesIO(png))
 from_a1111 = PILImage.open(io.BytesIO(base64.b64decode(a1111["images"][0])))
