@@ -156,14 +156,9 @@ def softedge(image: "Image.Image") -> "Image.Image":
 
 
 def _cached_snapshot(repo_id: str, what: str) -> str:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    from difflab.engine.registry import hub_snapshot
 
-    try:
-        return snapshot_download(repo_id, local_files_only=True)
-    except (LocalEntryNotFoundError, FileNotFoundError, OSError):
-        raise ValueError(f"{what} needs the model {repo_id!r}, which is not in the local Hugging Face cache; on a "
-                         f"machine with network run `difflab pull {repo_id}` and copy the cache here") from None
+    return str(hub_snapshot(repo_id, f"{what} needs the model {repo_id!r}, which"))
 
 
 def check_available(kind: str, allow_unsafe_pickle: bool = False) -> None:

@@ -8,14 +8,12 @@ Nothing here downloads: hub ControlNets come from the local cache (``difflab pul
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from difflab.engine.registry import BUNDLED_DIR, PRESETS, ResolvedModel
+from difflab.engine.registry import BUNDLED_DIR, PRESETS, ResolvedModel, hub_snapshot
 
 # (base preset name or family, kind) -> bundled folder name under difflab/models, or a hub id
 CONTROLNETS: dict[tuple[str, str], str] = {
@@ -70,14 +68,17 @@ def resolve_controlnet(name: Optional[str], kind: str, model: ResolvedModel, fie
             hint = "give its model" if wanted == "none" else f"no registered {wanted} ControlNet; give its model"
             raise ValueError(f"{field}: {hint} (a diffusers ControlNet folder or a cached hub id)")
         label = source
-        path = BUNDLED_DIR / source if "/" not in source else _cached(source, field)
+        if "/" in source:
+            path = hub_snapshot(source, f"{field}: the ControlNet {source!r}")
+        else:
+            path = BUNDLED_DIR / source
         if "/" not in source and not (path / "config.json").is_file():
             raise ValueError(f"{field}: the bundled ControlNet {source!r} is missing from {path}")
     else:
         label, path = wanted, Path(wanted).expanduser()
         if not path.is_dir():
             if wanted.count("/") == 1 and not path.exists():
-                path = _cached(wanted, field)
+                path = hub_snapshot(wanted, f"{field}: the ControlNet {wanted!r}")
             else:
                 raise ValueError(f"{field}: {wanted!r} is not a ControlNet folder, a registry kind ({', '.join(KINDS)}) "
                                  "or a hub id")
@@ -86,17 +87,6 @@ def resolve_controlnet(name: Optional[str], kind: str, model: ResolvedModel, fie
         raise ValueError(f"{field}: {label!r} is a {class_name}, which steers {'/'.join(CONTROLNET_CLASSES[class_name])} "
                          f"models; {model.name!r} is {model.family}")
     return ResolvedControlNet(label, path, class_name)
-
-
-def _cached(repo_id: str, field: str) -> Path:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        return Path(snapshot_download(repo_id, local_files_only=True))
-    except (LocalEntryNotFoundError, FileNotFoundError, OSError):
-        raise ValueError(f"{field}: the ControlNet {repo_id!r} is not in the local Hugging Face cache; on a machine "
-                         f"with network run `difflab pull {repo_id}` and copy the cache here") from None
 
 
 def _class_of(path: Path, field: str) -> str:
@@ -137,14 +127,7 @@ def check_fits(controlnet_module, pipeline, field: str) -> None:
 
 def controlnet_hash(path: Path) -> str:
     """A1111's short hash: the first 10 hex digits of the SHA-256 of the weights file."""
+    from difflab.engine.outputs import weights_hash
+
     weights = sorted(path.glob("*.safetensors"))
-    return _sha256_prefix(str(weights[0]), weights[0].stat().st_mtime_ns) if weights else ""
-
-
-@functools.lru_cache(maxsize=32)
-def _sha256_prefix(path: str, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:10]
+    return weights_hash(weights[0]) if weights else ""

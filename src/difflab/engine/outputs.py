@@ -18,7 +18,13 @@ from difflab.engine.pipeline import Result, Settings
 def model_hash(path: Path) -> str:
     """Cached per (path, modification time): hashing a 5 GB U-Net takes seconds, and it is the same every image."""
     weights = _weights_file(path)
-    return "" if weights is None else _sha256_prefix(str(weights), weights.stat().st_mtime_ns)
+    return "" if weights is None else weights_hash(weights)
+
+
+def weights_hash(file: Path) -> str:
+    """A1111's short hash of one weights file (the first 10 hex digits of its SHA-256), for models and
+    ControlNets alike; cached per (path, modification time)."""
+    return _sha256_prefix(str(file), file.stat().st_mtime_ns)
 
 
 def _weights_file(path: Path) -> Path | None:

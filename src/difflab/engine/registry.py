@@ -82,7 +82,10 @@ def resolve_model(name: str, allow_unsafe_pickle: bool = False) -> ResolvedModel
     Pickle checkpoints (.ckpt, .pt, .bin, ...) only with ``allow_unsafe_pickle``: unpickling can run code."""
     preset = PRESETS.get(name)
     if preset is not None:
-        path = BUNDLED_DIR / preset.source if preset.bundled else _hub_snapshot(preset.source, name)
+        if preset.bundled:
+            path = BUNDLED_DIR / preset.source
+        else:
+            path = hub_snapshot(preset.source, f"model {name!r} ({preset.source})", pull_name=name)
         if preset.bundled and not (path / "model_index.json").is_file():
             raise ModelNotAvailable(f"model {name!r}: the bundled weights are missing from {path}")
         return ResolvedModel(name, path, preset.family, preset.width, preset.height, preset.steps, preset.guidance,
@@ -93,7 +96,7 @@ def resolve_model(name: str, allow_unsafe_pickle: bool = False) -> ResolvedModel
     if path.is_dir():
         return _with_family_defaults(name, path, _family_of_folder(path))
     if "/" in name and not path.exists() and name.count("/") == 1:
-        snapshot = _hub_snapshot(name, name)
+        snapshot = hub_snapshot(name, f"model {name!r} ({name})")
         return _with_family_defaults(name, snapshot, _family_of_folder(snapshot))
     choices = ", ".join(PRESETS)
     raise ValueError(f"model must be a preset ({choices}), a hub id, a diffusers folder or a .safetensors file; got {name!r}")
@@ -164,8 +167,10 @@ def _family_of_folder(path: Path) -> str:
     return FAMILY_OF_PIPELINE[class_name]
 
 
-def _hub_snapshot(repo_id: str, name: str) -> Path:
-    """The local snapshot of a hub repository, without touching the network."""
+def hub_snapshot(repo_id: str, wanted: str, pull_name: Optional[str] = None) -> Path:
+    """The local snapshot of a hub repository, without touching the network: models, ControlNets and the
+    preprocessors' models all come from here. When it is not cached, a ModelNotAvailable that starts with
+    ``wanted`` (what was looked for) and says how to fetch it (``difflab pull`` of ``pull_name``, or the id)."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -173,8 +178,8 @@ def _hub_snapshot(repo_id: str, name: str) -> Path:
         return Path(snapshot_download(repo_id, local_files_only=True))
     except (LocalEntryNotFoundError, FileNotFoundError, OSError):
         raise ModelNotAvailable(
-            f"model {name!r} ({repo_id}) is not in the local Hugging Face cache; on a machine with network run "
-            f"`difflab pull {name}` (or `huggingface-cli download {repo_id}`) and copy the cache here"
+            f"{wanted} is not in the local Hugging Face cache; on a machine with network run "
+            f"`difflab pull {pull_name or repo_id}` (or `huggingface-cli download {repo_id}`) and copy the cache here"
         ) from None
 
 
