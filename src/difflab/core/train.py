@@ -87,13 +87,24 @@ def learning_rate_at(step: int, config: TrainConfig) -> float:
     return config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+def set_learning_rate(optimizer: torch.optim.Optimizer, step: int, config) -> float:
+    """Set step ``step``'s rate (``learning_rate_at``) on every group, times the group's ``lr_scale`` if it has
+    one (a text encoder trained at its own rate); returns the unscaled rate."""
+    learning_rate = learning_rate_at(step, config)
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate * group.get("lr_scale", 1.0)
+    return learning_rate
+
+
 @torch.no_grad()
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     for ema_param, param in zip(ema.parameters(), model.parameters()):
         ema_param.lerp_(param, 1 - decay)
 
 
-def _generator(seed: int, step: int) -> torch.Generator:
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """Every random draw of step ``step`` comes from this generator, so a resumed run draws what the
+    uninterrupted one would have."""
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
@@ -127,7 +138,7 @@ def train(
 
     while state.step < config.steps:
         # 1. Draw the batch, the timesteps, the noise and the dropped labels from this step's own generator
-        generator = _generator(config.seed, state.step)
+        generator = step_generator(config.seed, state.step)
         torch.manual_seed(config.seed * 1_000_003 + state.step)  # dropout inside the model
         index = torch.randint(0, len(data), (config.batch_size,), generator=generator)
         x_0, labels = data.images[index], data.labels[index]

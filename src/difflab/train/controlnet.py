@@ -24,33 +24,23 @@ Layout of ``out``::
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-import os
 import platform
-import shutil
-import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
 import torch
 
-from difflab.core.checkpoint import (
-    CheckpointError,
-    atomic_save_safetensors,
-    atomic_write_bytes,
-    optimizer_tensors,
-    read_safetensors_with_metadata,
-    restore_optimizer,
-)
-from difflab.core.train import learning_rate_at
+from difflab.core.checkpoint import atomic_write_bytes
+from difflab.core.train import set_learning_rate, step_generator
 from difflab.train.controlnet_config import ControlNetTrainConfig
+from difflab.train.loop import (
+    RECORD_NAME, STATE_NAME, Run, check_out, encode_posteriors, load_state, save_pretrained_atomically, save_state,
+)
 
-STATE_NAME = "training_state.safetensors"
-RECORD_NAME = "training.json"
 CONTROLNET_DIR = "controlnet"
 SUPPORTED_FAMILIES = ("sd",)
 CONDITIONING_CHANNELS = (16, 32, 96, 256)  # diffusers' default ControlNet hint encoder; one stride-2 conv between
@@ -134,32 +124,20 @@ def build_cache(pipe, config: ControlNetTrainConfig, resolution: int, device: st
         maps.append(torch.from_numpy(np.asarray(control_map.convert("L")).copy()))
         captions.append(text)
     pixels = torch.stack(images)  # (N, 3, H, W) in [-1, 1]
-    means, stds = [], []
-    for start in range(0, len(pixels), 64):
-        posterior = pipe.vae.encode(pixels[start:start + 64].to(device)).latent_dist
-        means.append(posterior.mean)
-        stds.append(posterior.std)
-    scale = pipe.vae.config.scaling_factor
+    mean, std = encode_posteriors(pipe.vae, pixels, device, chunk=64)
     distinct = list(dict.fromkeys(captions))
     row = {text: i for i, text in enumerate(distinct)}
     embeddings = torch.cat([_encode(pipe, distinct[i:i + 256]) for i in range(0, len(distinct), 256)])
-    return _Cache(torch.cat(means) * scale, torch.cat(stds) * scale, torch.stack(maps),
+    return _Cache(mean, std, torch.stack(maps),
                   torch.tensor([row[text] for text in captions]), embeddings, _encode(pipe, [""])[0])
-
-
-def _generator(config: ControlNetTrainConfig, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed(config.seed * 1_000_003 + step)
 
 
 # --- training ------------------------------------------------------------------------------------------------
 
 
 @dataclass
-class _Run:
-    step: int = 0
-    seconds: float = 0.0
-    rows: list[tuple[int, float]] = field(default_factory=list)
-    edge_f1: Optional[float] = None
+class _Run(Run):
+    edge_f1: Optional[float] = None  # of the last validation images
 
 
 def train_controlnet(config: ControlNetTrainConfig, out: str | Path, *, resume: bool = False,
@@ -171,7 +149,7 @@ def train_controlnet(config: ControlNetTrainConfig, out: str | Path, *, resume: 
 
     out = Path(out)
     device = device or choose_placement().device
-    _check_out(config, out, resume)
+    check_out(config, out, resume, "ControlNet")
     pipe, model = load_base(config, device)
     resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)  # the base's training noise schedule
@@ -184,13 +162,16 @@ def train_controlnet(config: ControlNetTrainConfig, out: str | Path, *, resume: 
     optimizer = torch.optim.AdamW(params.values(), lr=config.learning_rate, weight_decay=config.weight_decay)
     run = _Run()
     if resume and (out / STATE_NAME).is_file():
-        _load_state(out, params, optimizer, run)
+        load_state(out, _state_tensors(params), optimizer, run)
+        record = out / RECORD_NAME
+        if record.is_file():
+            run.edge_f1 = json.loads(record.read_text()).get("validation_edge_f1")
     controlnet.train()
     started = time.perf_counter() - run.seconds
 
     while run.step < config.steps:
         # 2. This step's images, posterior samples, timesteps, noise and dropped prompts, from this step's generator
-        generator = _generator(config, run.step)
+        generator = step_generator(config.seed, run.step)
         index = torch.randint(0, len(cache.maps), (config.batch_size,), generator=generator)
         z_0 = cache.mean[index] + cache.std[index] * torch.randn(cache.mean[index].shape, generator=generator).to(device)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (config.batch_size,), generator=generator).to(device)
@@ -206,9 +187,7 @@ def train_controlnet(config: ControlNetTrainConfig, out: str | Path, *, resume: 
         prediction = pipe.unet(z_t, t, encoder_hidden_states=text, down_block_additional_residuals=down,
                                mid_block_additional_residual=middle).sample  # (B, C, h, w)
         loss = (prediction.float() - target.float()).pow(2).mean()
-        learning_rate = learning_rate_at(run.step, config)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate
+        learning_rate = set_learning_rate(optimizer, run.step, config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params.values(), config.grad_clip)
@@ -224,68 +203,16 @@ def train_controlnet(config: ControlNetTrainConfig, out: str | Path, *, resume: 
             validation, run.edge_f1 = write_validation(pipe, controlnet, config, out, run.step, resolution)
             controlnet.train()
         if run.step % config.checkpoint_every == 0 or last:
-            _save_state(out, params, optimizer, run)
+            save_state(out, _state_tensors(params), optimizer, run)
             save_controlnet(controlnet, config, out, model, run, resolution)
             written = out / CONTROLNET_DIR
         yield ControlNetEvent(run.step, config.steps, loss.item(), learning_rate, run.seconds, written, validation,
                               run.edge_f1 if validation else None)
 
 
-def _check_out(config: ControlNetTrainConfig, out: Path, resume: bool) -> None:
-    """Refuse to overwrite a run without --resume, and to resume one trained on other data or shapes."""
-    if (out / STATE_NAME).is_file() and not resume:
-        raise ValueError(f"{str(out)!r} already holds a ControlNet training run; pass --resume or use a new -o folder")
-    record = out / RECORD_NAME
-    if resume and record.is_file():
-        saved = json.loads(record.read_text()).get("config", {})
-        mine = json.loads(json.dumps(config.to_dict()))
-        for name in ControlNetTrainConfig.RESUME_FIELDS:
-            if saved.get(name) != mine.get(name):
-                raise ValueError(f"{name} differs from the run in {str(out)!r} ({saved.get(name)!r}); "
-                                 "resume with the same settings or use a new -o folder")
-
-
-def _save_state(out: Path, params: dict, optimizer: torch.optim.Optimizer, run: _Run) -> None:
-    tensors = {f"controlnet.{name}": p.detach().clone().contiguous() for name, p in params.items()}
-    optimizer_state, metadata = optimizer_tensors(optimizer)
-    tensors.update(optimizer_state)
-    metadata.update(step=str(run.step), seconds=repr(run.seconds))
-    atomic_save_safetensors(tensors, out / STATE_NAME, metadata=metadata)
-    _write_losses(out, run.rows)
-
-
-def _load_state(out: Path, params: dict, optimizer: torch.optim.Optimizer, run: _Run) -> None:
-    path = out / STATE_NAME
-    tensors, metadata = read_safetensors_with_metadata(path)
-    with torch.no_grad():
-        for name, p in params.items():
-            key = f"controlnet.{name}"
-            if key not in tensors or tensors[key].shape != p.shape:
-                raise CheckpointError(f"cannot resume: {str(path)!r} has no matching {key}")
-            p.copy_(tensors[key])
-    restore_optimizer(optimizer, tensors, metadata)
-    run.step, run.seconds = int(metadata["step"]), float(metadata["seconds"])
-    run.rows = [row for row in _read_losses(out) if row[0] <= run.step]
-    record = out / RECORD_NAME
-    if record.is_file():
-        run.edge_f1 = json.loads(record.read_text()).get("validation_edge_f1")
-
-
-def _write_losses(out: Path, rows: list[tuple[int, float]]) -> None:
-    from difflab.viz.curves import plot_loss_curve
-
-    text = "step,loss\n" + "".join(f"{step},{loss:.6f}\n" for step, loss in rows)
-    atomic_write_bytes(out / "loss.csv", text.encode())
-    if rows:
-        plot_loss_curve(rows, out / "loss.png")
-
-
-def _read_losses(out: Path) -> list[tuple[int, float]]:
-    path = out / "loss.csv"
-    if not path.is_file():
-        return []
-    with open(path) as handle:
-        return [(int(row["step"]), float(row["loss"])) for row in csv.DictReader(handle)]
+def _state_tensors(params: dict[str, torch.nn.Parameter]) -> dict[str, torch.nn.Parameter]:
+    """The ControlNet's weights under their training-state keys, ``controlnet.{name}``."""
+    return {f"controlnet.{name}": p for name, p in params.items()}
 
 
 # --- the results: the ControlNet folder, the record, validation images --------------------------------------
@@ -293,18 +220,8 @@ def _read_losses(out: Path) -> list[tuple[int, float]]:
 
 def save_controlnet(controlnet, config: ControlNetTrainConfig, out: Path, model, run: _Run, resolution: int) -> Path:
     """The diffusers folder, swapped in whole (write beside, then rename), and the JSON record."""
-    out.mkdir(parents=True, exist_ok=True)
     final = out / CONTROLNET_DIR
-    temporary = Path(tempfile.mkdtemp(dir=out, prefix=".controlnet-"))
-    temporary.chmod(0o755)  # mkdtemp makes it private; the folder is shipped and read by others
-    controlnet.save_pretrained(temporary, safe_serialization=True)
-    if final.exists():
-        old = out / f".controlnet-old-{os.getpid()}"
-        os.replace(final, old)
-        os.replace(temporary, final)
-        shutil.rmtree(old)
-    else:
-        os.replace(temporary, final)
+    save_pretrained_atomically(controlnet, final)
     record = training_record(config, model, run, resolution)
     atomic_write_bytes(out / RECORD_NAME, (json.dumps(record, indent=2) + "\n").encode())
     return final

@@ -25,33 +25,25 @@ Layout of ``out``::
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import platform
-import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 import torch
 
-from difflab.core.checkpoint import (
-    CheckpointError,
-    atomic_save_safetensors,
-    atomic_write_bytes,
-    optimizer_tensors,
-    read_safetensors_with_metadata,
-    restore_optimizer,
-)
-from difflab.core.train import learning_rate_at
+from difflab.core.checkpoint import atomic_save_safetensors, atomic_write_bytes
+from difflab.core.train import set_learning_rate, step_generator
 from difflab.train.lora_config import TEXT_ENCODER_TARGETS, UNET_TARGETS, LoraTrainConfig
+from difflab.train.loop import (
+    RECORD_NAME, STATE_NAME, Run, check_out, encode_posteriors, load_state, save_state,
+)
 
-STATE_NAME = "training_state.safetensors"
 DIFFUSERS_NAME = "pytorch_lora_weights.safetensors"  # diffusers' save_lora_weights default name
-RECORD_NAME = "training.json"
 SUPPORTED_FAMILIES = ("sd",)  # the StableDiffusionPipeline family; SDXL and Flux bases are not done yet
 
 
@@ -128,13 +120,7 @@ def _cache_data(pipe, config: LoraTrainConfig, resolution: int, device: str) -> 
     from difflab.data.captioned_folder import load_captioned_folder
 
     data = load_captioned_folder(config.data, resolution, config.trigger, config.caption_template)
-    means, stds = [], []
-    for start in range(0, len(data.captions), 16):
-        posterior = pipe.vae.encode(data.pixels[start:start + 16].to(device)).latent_dist
-        means.append(posterior.mean)
-        stds.append(posterior.std)
-    scale = pipe.vae.config.scaling_factor
-    cache = _Cache(torch.cat(means) * scale, torch.cat(stds) * scale, data.captions)
+    cache = _Cache(*encode_posteriors(pipe.vae, data.pixels, device, chunk=16), data.captions)
     if not config.text_encoder_lora:  # a frozen text encoder gives the same embedding every step
         cache.embeddings = _encode(pipe, list(data.captions))
     return cache
@@ -148,18 +134,7 @@ def _encode(pipe, captions: list[str]) -> torch.Tensor:
     return pipe.text_encoder(ids.to(pipe.text_encoder.device))[0]
 
 
-def _generator(config: LoraTrainConfig, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-
-
 # --- training ------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Run:
-    step: int = 0
-    seconds: float = 0.0
-    rows: list[tuple[int, float]] = field(default_factory=list)
 
 
 def train_lora(config: LoraTrainConfig, out: str | Path, *, resume: bool = False,
@@ -171,7 +146,7 @@ def train_lora(config: LoraTrainConfig, out: str | Path, *, resume: bool = False
 
     out = Path(out)
     device = device or choose_placement().device
-    _check_out(config, out, resume)
+    check_out(config, out, resume, "LoRA")
     pipe, model = load_base(config, device)
     resolution = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)  # the base's training noise schedule
@@ -184,9 +159,9 @@ def train_lora(config: LoraTrainConfig, out: str | Path, *, resume: bool = False
     if "text_encoder" in params:
         groups.append({"params": list(params["text_encoder"].values()), "lr_scale": text_scale})
     optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
-    run = _Run()
+    run = Run()
     if resume and (out / STATE_NAME).is_file():
-        _load_state(out, params, optimizer, run)
+        load_state(out, _state_tensors(params), optimizer, run)
     all_params = [p for group in groups for p in group["params"]]
     autocast, scaler = _precision(config, device)
     pipe.unet.train()
@@ -196,7 +171,7 @@ def train_lora(config: LoraTrainConfig, out: str | Path, *, resume: bool = False
 
     while run.step < config.steps:
         # 2. This step's images, posterior samples, timesteps and noise, all from this step's generator
-        generator = _generator(config, run.step)
+        generator = step_generator(config.seed, run.step)
         torch.manual_seed(config.seed * 1_000_003 + run.step)  # anything drawing from the global stream
         index = torch.randint(0, len(cache.captions), (config.batch_size,), generator=generator)
         latent_noise = torch.randn(cache.mean[index].shape, generator=generator)
@@ -215,9 +190,7 @@ def train_lora(config: LoraTrainConfig, out: str | Path, *, resume: bool = False
                 text = _encode(pipe, [cache.captions[i] for i in index.tolist()])  # (B, L, D)
             prediction = pipe.unet(z_t, t, encoder_hidden_states=text).sample  # (B, C, h, w)
             loss = (prediction.float() - target.float()).pow(2).mean()
-        learning_rate = learning_rate_at(run.step, config)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate * group.get("lr_scale", 1.0)
+        learning_rate = set_learning_rate(optimizer, run.step, config)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
@@ -232,7 +205,7 @@ def train_lora(config: LoraTrainConfig, out: str | Path, *, resume: bool = False
         last = run.step == config.steps
         written = validation = None
         if run.step % config.checkpoint_every == 0 or last:
-            _save_state(out, params, optimizer, run)
+            save_state(out, _state_tensors(params), optimizer, run)
             save_lora(pipe, config, out, model, run, num_images=len(cache.captions))
             written = out
         if (config.validate_every and run.step % config.validate_every == 0) or (last and config.validate_every):
@@ -257,59 +230,9 @@ def _precision(config: LoraTrainConfig, device: str):
     return torch.autocast(device_type=device_type, dtype=dtype), scaler
 
 
-def _check_out(config: LoraTrainConfig, out: Path, resume: bool) -> None:
-    """Refuse to overwrite a run without --resume, and to resume one trained with different data or shapes."""
-    record = out / RECORD_NAME
-    if (out / STATE_NAME).is_file() and not resume:
-        raise ValueError(f"{str(out)!r} already holds a LoRA training run; pass --resume or use a new -o folder")
-    if resume and record.is_file():
-        saved = json.loads(record.read_text()).get("config", {})
-        mine = json.loads(json.dumps(config.to_dict()))
-        for name in LoraTrainConfig.RESUME_FIELDS:
-            if saved.get(name) != mine.get(name):
-                raise ValueError(f"{name} differs from the run in {str(out)!r} ({saved.get(name)!r}); "
-                                 f"resume with the same settings or use a new -o folder")
-
-
-def _save_state(out: Path, params: dict, optimizer: torch.optim.Optimizer, run: _Run) -> None:
-    tensors = {f"lora.{part}.{name}": p.detach().clone() for part, named in params.items() for name, p in named.items()}
-    optimizer_state, metadata = optimizer_tensors(optimizer)
-    tensors.update(optimizer_state)
-    metadata.update(step=str(run.step), seconds=repr(run.seconds))
-    atomic_save_safetensors(tensors, out / STATE_NAME, metadata=metadata)
-    _write_losses(out, run.rows)
-
-
-def _load_state(out: Path, params: dict, optimizer: torch.optim.Optimizer, run: _Run) -> None:
-    path = out / STATE_NAME
-    tensors, metadata = read_safetensors_with_metadata(path)
-    with torch.no_grad():
-        for part, named in params.items():
-            for name, p in named.items():
-                key = f"lora.{part}.{name}"
-                if key not in tensors or tensors[key].shape != p.shape:
-                    raise CheckpointError(f"cannot resume: {str(path)!r} has no matching {key}")
-                p.copy_(tensors[key])
-    restore_optimizer(optimizer, tensors, metadata)
-    run.step, run.seconds = int(metadata["step"]), float(metadata["seconds"])
-    run.rows = [row for row in _read_losses(out) if row[0] <= run.step]
-
-
-def _write_losses(out: Path, rows: list[tuple[int, float]]) -> None:
-    from difflab.viz.curves import plot_loss_curve
-
-    text = "step,loss\n" + "".join(f"{step},{loss:.6f}\n" for step, loss in rows)
-    atomic_write_bytes(out / "loss.csv", text.encode())
-    if rows:
-        plot_loss_curve(rows, out / "loss.png")
-
-
-def _read_losses(out: Path) -> list[tuple[int, float]]:
-    path = out / "loss.csv"
-    if not path.is_file():
-        return []
-    with open(path) as handle:
-        return [(int(row["step"]), float(row["loss"])) for row in csv.DictReader(handle)]
+def _state_tensors(params: dict[str, dict[str, torch.nn.Parameter]]) -> dict[str, torch.nn.Parameter]:
+    """The LoRA weights under their training-state keys, ``lora.{unet|text_encoder}.{name}``."""
+    return {f"lora.{part}.{name}": p for part, named in params.items() for name, p in named.items()}
 
 
 # --- the results: diffusers and kohya files, the record, validation images ------------------------------------
@@ -325,7 +248,7 @@ def peft_state_dicts(pipe, config: LoraTrainConfig) -> dict[str, dict[str, torch
     return {part: {k: v.detach().float().cpu().contiguous() for k, v in sd.items()} for part, sd in dicts.items()}
 
 
-def save_lora(pipe, config: LoraTrainConfig, out: Path, model=None, run: Optional[_Run] = None,
+def save_lora(pipe, config: LoraTrainConfig, out: Path, model=None, run: Optional[Run] = None,
               num_images: int = 0) -> Path:
     """Write the diffusers file, the kohya export and the JSON record; each file replaced atomically."""
     from diffusers import StableDiffusionPipeline
@@ -419,7 +342,7 @@ def kohya_metadata(config: LoraTrainConfig, record: dict[str, Any], output_name:
     }
 
 
-def training_record(config: LoraTrainConfig, model=None, run: Optional[_Run] = None, num_images: int = 0) -> dict:
+def training_record(config: LoraTrainConfig, model=None, run: Optional[Run] = None, num_images: int = 0) -> dict:
     import diffusers
     import peft
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 import copy
 import csv
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -53,10 +52,11 @@ from difflab.core.checkpoint import (
     read_safetensors_with_metadata,
     restore_optimizer,
 )
-from difflab.core.train import learning_rate_at, update_ema
+from difflab.core.train import set_learning_rate, update_ema
 from difflab.data.shapes import (
     BASE_SHAPES, COLORS, POSITIONS, SIZES, ShapeSpec, ShapesDataset, caption,
 )
+from difflab.train.loop import save_pretrained_atomically
 from difflab.train.t2i_config import T2IConfig
 from difflab.train.tokenizer import ALIASES, build_tokenizer
 
@@ -276,13 +276,6 @@ def load_tokenizer(config: T2IConfig, out: Path):
     return build_tokenizer(out / "tokenizer", config.text_encoder.max_position_embeddings)
 
 
-def _set_learning_rate(optimizer: torch.optim.Optimizer, step: int, phase_config) -> float:
-    learning_rate = learning_rate_at(step, phase_config)
-    for group in optimizer.param_groups:
-        group["lr"] = learning_rate * group.get("lr_scale", 1.0)
-    return learning_rate
-
-
 # --- phase 1: the autoencoder --------------------------------------------------------------------------------
 
 
@@ -318,7 +311,7 @@ def train_vae(config: T2IConfig, out: str | Path, *, resume: bool = False) -> It
         reconstruction_loss = (error * weight).sum() / (weight.sum() * x.shape[1])
         kl = posterior.kl().mean() / z[0].numel()
         loss = reconstruction_loss + train_config.kl_weight * kl
-        learning_rate = _set_learning_rate(optimizer, state.step, train_config)
+        learning_rate = set_learning_rate(optimizer, state.step, train_config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), train_config.grad_clip)
@@ -361,20 +354,7 @@ def measure_scaling_factor(config: T2IConfig, vae) -> float:
 def _save_vae_model(config: T2IConfig, vae, folder: Path) -> None:
     vae.eval()
     vae.register_to_config(scaling_factor=measure_scaling_factor(config, vae))
-    _save_pretrained_atomically(vae, folder)
-
-
-def _save_pretrained_atomically(model, folder: Path) -> None:
-    """save_pretrained into a temporary folder beside ``folder``, then swap it in."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    temporary, old = folder.with_name(f".{folder.name}.tmp"), folder.with_name(f".{folder.name}.old")
-    for path in (temporary, old):
-        shutil.rmtree(path, ignore_errors=True)
-    model.save_pretrained(str(temporary), safe_serialization=True)
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(temporary, folder)
-    shutil.rmtree(old, ignore_errors=True)
+    save_pretrained_atomically(vae, folder)
 
 
 def load_trained_vae(out: str | Path):
@@ -437,7 +417,7 @@ def train_unet(config: T2IConfig, out: str | Path, *, resume: bool = False) -> I
         text = encode_prompts(tokenizer, text_encoder, captions)  # (B, L, D)
         prediction = unet(z_t, t, encoder_hidden_states=text).sample  # (B, C, h, w)
         loss = (prediction - target).pow(2).mean()
-        learning_rate = _set_learning_rate(optimizer, state.step, train_config)
+        learning_rate = set_learning_rate(optimizer, state.step, train_config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, train_config.grad_clip)
@@ -504,7 +484,7 @@ def save_pipeline(folder: str | Path, vae, text_encoder, tokenizer, unet, config
     """Save a standard diffusers folder (safetensors) that ``StableDiffusionPipeline.from_pretrained`` loads."""
     folder = Path(folder)
     pipeline = build_pipeline(vae, text_encoder, tokenizer, unet, config)
-    _save_pretrained_atomically(pipeline, folder)
+    save_pretrained_atomically(pipeline, folder)
     # tokenizer.save_pretrained writes tokenizer.json only; vocab.json + merges.txt serve older transformers.
     source = Path(tokenizer.name_or_path)
     for name in ("vocab.json", "merges.txt"):
