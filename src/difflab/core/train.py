@@ -152,9 +152,7 @@ def train(
         x_t = q_sample(schedule, x_0, t, eps)
         output = state.model(x_t, t.float(), labels if conditional else None)
         loss = diffusion_loss(schedule, config.prediction, output, x_0, t, eps, min_snr_gamma=config.min_snr_gamma)
-        learning_rate = learning_rate_at(state.step, config)
-        for group in state.optimizer.param_groups:
-            group["lr"] = learning_rate
+        learning_rate = set_learning_rate(state.optimizer, state.step, config)
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(state.model.parameters(), config.grad_clip)
