@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from difflab.eval.digits_metrics import (
     evaluate_digit_samples,
     noise_floor,
 )
+from difflab.viz.samplers import timed_network_calls
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "samplers.md"
 FEW_STEP_SAMPLERS = ("ddim", "euler", "euler-ancestral", "heun", "dpmpp-2m", "dpmpp-2m-sde")
@@ -128,19 +128,7 @@ def run_row(model: LoadedModel, row: Row, labels: tuple[int, ...], *, guidance: 
 
 
 def _timed(model: LoadedModel, row: Row, labels: tuple[int, ...], draw) -> Result:
-    calls = 0
-
-    def count_call(module, inputs) -> None:
-        nonlocal calls
-        calls += 1
-
-    hook = model.model.register_forward_pre_hook(count_call)
-    try:
-        start = time.perf_counter()
-        images = draw()  # (N, 1, 8, 8) in [-1, 1]
-        seconds = time.perf_counter() - start
-    finally:
-        hook.remove()
+    images, seconds, calls = timed_network_calls(model.model, draw)  # images: (N, 1, 8, 8) in [-1, 1]
     return Result(row, evaluate_digit_samples(images, labels), seconds, calls)
 
 

@@ -91,20 +91,27 @@ def compare_samplers(
 
 
 def _draw(model: LoadedModel, request: SampleRequest, labels: tuple[int, ...]) -> Cell:
+    images, seconds, calls = timed_network_calls(model.model, lambda: sample_images(model, request))
+    return Cell(request.sampler, request.steps, images, evaluate_digit_samples(images, labels), seconds, calls)
+
+
+def timed_network_calls(network: torch.nn.Module, draw: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float, int]:
+    """(draw()'s result, wall seconds, forward calls of ``network``): what a sampler costs, counted not assumed
+    (Heun calls the network twice per step, CFG batches both branches into one call)."""
     calls = 0
 
     def count_call(module, inputs) -> None:
         nonlocal calls
         calls += 1
 
-    hook = model.model.register_forward_pre_hook(count_call)
+    hook = network.register_forward_pre_hook(count_call)
     try:
         started = time.perf_counter()
-        images = sample_images(model, request)
+        result = draw()
         seconds = time.perf_counter() - started
     finally:
         hook.remove()
-    return Cell(request.sampler, request.steps, images, evaluate_digit_samples(images, labels), seconds, calls)
+    return result, seconds, calls
 
 
 def plot_sampler_comparison(result: SamplerComparison, path: str | Path, *, shown_per_class: int = 2) -> Path:
