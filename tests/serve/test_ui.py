@@ -47,8 +47,8 @@ def _chromium() -> tuple[str, str] | None:
 
 @pytest.mark.skipif(_chromium() is None, reason="needs Debian's chromium and chromium-driver (apt-get install "
                                                 "chromium chromium-driver)")
-def test_ui_in_headless_chromium_shows_an_image(ui_server) -> None:
-    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install selenium)")
+def test_ui_in_headless_chromium_shows_an_image(ui_server, tmp_path: Path) -> None:
+    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install 'difflab[uitest]')")
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -56,8 +56,12 @@ def test_ui_in_headless_chromium_shows_an_image(ui_server) -> None:
     browser, driver_path = _chromium()
     options = webdriver.ChromeOptions()
     options.binary_location = browser
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                 "--window-size=1280,1600"):
+    # --no-sandbox: CI runs as root; the --disable-*/--no-first-run flags stop Chromium's background connections
+    # (component updates, sync, QUIC, first-run pings), which a machine with no outside network refuses by the
+    # dozen; a fresh profile so no state from another run (or a running browser) is picked up
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1280,1600"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
     try:
