@@ -1,4 +1,4 @@
-"""The two-phase text-to-image trainer on a tiny recipe: runs, resumes exactly, saves a plain diffusers pipeline."""
+"""The text-to-image trainer on a tiny recipe: runs, resumes exactly, saves a plain diffusers pipeline."""
 
 from __future__ import annotations
 
@@ -84,6 +84,39 @@ def test_resume_continues_with_identical_losses(trained, tiny, tmp_path):
     assert first + resumed == uninterrupted
     with pytest.raises(ValueError, match="resume"):
         next(train_unet(tiny, tmp_path))  # refuses to overwrite a run without resume
+
+
+def test_caption_labels_follow_the_prompt_parser() -> None:
+    from difflab.train.t2i import CAPTION_FIELDS, caption_labels
+
+    labels = caption_labels(["a small red circle on the left, blue background", "star", ""])
+    index = {name: {value: i + 1 for i, value in enumerate(values)} for name, values in CAPTION_FIELDS.items()}
+    assert labels["shape"].tolist() == [index["shape"]["circle"], index["shape"]["star"], 0]
+    assert labels["color"].tolist() == [index["color"]["red"], 0, 0]
+    assert labels["background"].tolist() == [index["background"]["blue"], 0, 0]
+    assert labels["position"].tolist() == [index["position"]["left"], 0, 0]
+    assert labels["size"].tolist() == [index["size"]["small"], 0, 0]
+
+
+def test_text_phase_teaches_reading_and_a_frozen_encoder_ships_unchanged(tiny, tmp_path) -> None:
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTextModel
+
+    from difflab.train.t2i import train_t2i
+
+    config = T2IConfig.from_dict({**TINY, "text_training": {"steps": 60, "batch_size": 32, "warmup_steps": 5,
+                                                            "checkpoint_every": 20, "learning_rate": 1e-2},
+                                  "unet_training": {**TINY["unet_training"], "text_encoder_learning_rate": 0.0}})
+    events = list(train_t2i(config, tmp_path))
+    assert [e.phase for e in events] == ["vae"] * 2 + ["text"] * 60 + ["unet"] * 4
+    rows = (tmp_path / "text" / "loss.csv").read_text().splitlines()
+    first, last = (float(rows[i].split(",")[1]) for i in (1, -1))
+    assert last < 0.6 * first  # the heads learn to read the captions back
+    trained = CLIPTextModel.from_pretrained(str(tmp_path / "text" / "model")).state_dict()
+    shipped = StableDiffusionPipeline.from_pretrained(str(tmp_path / "pipeline")).text_encoder.state_dict()
+    assert trained.keys() == shipped.keys() and all(torch.equal(trained[k], shipped[k]) for k in trained)
+    with pytest.raises(ValueError, match="no text phase"):
+        next(train_t2i(tiny, tmp_path / "other", phase="text"))
 
 
 def test_unet_phase_needs_a_trained_vae(tiny, tmp_path):

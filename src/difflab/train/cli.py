@@ -16,7 +16,7 @@ def t2i(
     config: Path = typer.Option(Path("configs/tiny-shapes.toml"), "--config", "-c", help="TOML recipe."),
     out: Path = typer.Option(Path("runs/tiny-shapes"), "--out", "-o", help="Run folder: checkpoints, curves, pipeline/."),
     resume: bool = typer.Option(False, help="Continue from the training state in --out."),
-    phase: str = typer.Option("all", help="vae, unet, or all (vae then unet)."),
+    phase: str = typer.Option("all", help="vae, text, unet, or all (vae, text, then unet)."),
     max_steps: Optional[int] = typer.Option(None, min=1, help="Cap every phase at this many steps (quick trials)."),
 ) -> None:
     """Train the text-to-image model: AutoencoderKL, then U-Net + text encoder; writes a diffusers pipeline folder."""

@@ -8,8 +8,14 @@ Phase 1 (``train_vae``): an AutoencoderKL (Kingma & Welling 2014; Rombach et al.
 then, as Stable Diffusion does, ``scaling_factor = 1 / std(z)`` is measured so the diffusion model sees unit-
 variance latents.
 
-Phase 2 (``train_unet``): the VAE is frozen; a UNet2DConditionModel and a CLIPTextModel learn together to
-denoise latents (Ho et al. 2020, alg. 1) given the caption, which is replaced by "" with probability
+Phase 2 (``train_text_encoder``, optional): the CLIPTextModel learns to read captions on its own, through
+linear heads that predict every field a caption states from the mean of its output tokens (cross-entropy per
+field, "not said" a class of its own). This stands in for the language pretraining real text encoders have; a
+text encoder trained only jointly with the U-Net collapses the words the U-Net cannot use yet (see
+``TextTrainingConfig``).
+
+Phase 3 (``train_unet``): the VAE is frozen; a UNet2DConditionModel (and the CLIPTextModel, unless its rate is 0)
+learn to denoise latents (Ho et al. 2020, alg. 1) given the caption, which is replaced by "" with probability
 ``caption_dropout`` so the same network also learns the unconditional model that classifier-free guidance needs
 (Ho & Salimans 2022). "" is what StableDiffusionPipeline encodes as its default negative prompt.
 
@@ -26,6 +32,7 @@ Layout of ``out``::
     config.json                  the recipe
     tokenizer/                   vocab.json, merges.txt, tokenizer_config.json
     vae/      training_state.safetensors, loss.csv, loss.png, model/ (diffusers AutoencoderKL, phase 1's result)
+    text/     training_state.safetensors, loss.csv, loss.png, model/ (transformers CLIPTextModel, phase 2's result)
     unet/     training_state.safetensors, loss.csv, loss.png, adherence.csv
     pipeline/                    StableDiffusionPipeline (EMA weights), refreshed at every U-Net checkpoint
 """
@@ -54,24 +61,24 @@ from difflab.core.checkpoint import (
 )
 from difflab.core.train import set_learning_rate, update_ema
 from difflab.data.shapes import (
-    BASE_SHAPES, COLORS, POSITIONS, SIZES, ShapeSpec, ShapesDataset, caption,
+    BASE_SHAPES, COLORS, HELD_OUT_SHAPES, POSITIONS, SHAPES, SIZES, ShapeSpec, ShapesDataset, caption, parse_prompt,
 )
 from difflab.train.loop import save_pretrained_atomically
 from difflab.train.t2i_config import T2IConfig
 from difflab.train.tokenizer import ALIASES, build_tokenizer
 
-Phase = Literal["vae", "unet", "all"]
-PHASES = ("vae", "unet", "all")
+Phase = Literal["vae", "text", "unet", "all"]
+PHASES = ("vae", "text", "unet", "all")
 STATE_NAME = "training_state.safetensors"
 VAE_MODEL = "model"  # out/vae/model: phase 1's AutoencoderKL as a diffusers folder
 ARCHITECTURE_TABLES = ("data", "vae", "text_encoder", "unet", "noise")  # must match when resuming
 # Distinct random streams per phase, so phase 2's step k never repeats phase 1's draws.
-_PHASE_STREAM = {"vae": 1, "unet": 2, "scaling": 3}
+_PHASE_STREAM = {"vae": 1, "unet": 2, "scaling": 3, "text": 4}
 
 
 @dataclass(frozen=True)
 class T2IEvent:
-    phase: str  # "vae" or "unet"
+    phase: str  # "vae", "text" or "unet"
     step: int  # steps done so far in this phase
     total: int
     loss: float
@@ -366,7 +373,106 @@ def load_trained_vae(out: str | Path):
     return AutoencoderKL.from_pretrained(str(folder)).eval().requires_grad_(False)
 
 
-# --- phase 2: U-Net and text encoder -------------------------------------------------------------------------
+# --- phase 2: the text encoder learns to read captions -------------------------------------------------------
+
+# The fields a caption can state, and their values; class 0 of each head is "the caption does not say".
+CAPTION_FIELDS: dict[str, tuple[str, ...]] = {
+    "shape": SHAPES, "color": COLORS, "background": COLORS, "position": POSITIONS, "size": SIZES,
+}
+TEXT_MODEL = "model"  # out/text/model: phase 2's CLIPTextModel as a transformers folder
+
+
+def caption_heads(hidden_size: int) -> torch.nn.ModuleDict:
+    """One linear classifier per caption field over the mean output token (class 0 = not said)."""
+    return torch.nn.ModuleDict({name: torch.nn.Linear(hidden_size, len(values) + 1)
+                                for name, values in CAPTION_FIELDS.items()})
+
+
+def caption_labels(captions: Sequence[str]) -> dict[str, torch.Tensor]:
+    """(B,) class per field, read with the same parser the adherence analyzer uses; 0 where a caption is silent."""
+    specs = [parse_prompt(text) for text in captions]
+    return {name: torch.tensor([values.index(getattr(spec, name)) + 1 if getattr(spec, name) else 0
+                                for spec in specs])
+            for name, values in CAPTION_FIELDS.items()}
+
+
+def caption_reading_loss(text: torch.Tensor, heads: torch.nn.ModuleDict,
+                         labels: dict[str, torch.Tensor]) -> tuple[torch.Tensor, float]:
+    """Summed cross-entropy of every head on (B, L, D) text embeddings, and the fraction of fields read right.
+
+    The mean runs over all L positions, padding included: CLIP's attention is causal, so the padding tokens
+    after the caption are the ones that have seen all of it, and the U-Net's cross-attention can read them."""
+    pooled = text.mean(dim=1)  # (B, D)
+    loss, correct, total = text.new_zeros(()), 0, 0
+    for name, head in heads.items():
+        logits = head(pooled)  # (B, classes)
+        loss = loss + torch.nn.functional.cross_entropy(logits, labels[name])
+        correct += int((logits.argmax(-1) == labels[name]).sum())
+        total += len(labels[name])
+    return loss, correct / total
+
+
+def train_text_encoder(config: T2IConfig, out: str | Path, *, resume: bool = False) -> Iterator[T2IEvent]:
+    """Train the CLIPTextModel to read captions, yielding an event per step; ends by saving ``out/text/model``."""
+    out = Path(out)
+    folder = out / "text"
+    train_config = config.text_training
+    _prepare_out(config, out, resume)
+    _check_fresh(folder, resume)
+    tokenizer = load_tokenizer(config, out)
+    torch.manual_seed(config.seed)  # the initial weights: the same draw train_unet makes without this phase
+    text_encoder = new_text_encoder(config, tokenizer).train()
+    heads = caption_heads(config.text_encoder.hidden_size)
+    optimizer = torch.optim.AdamW([*text_encoder.parameters(), *heads.parameters()],
+                                  lr=train_config.learning_rate, weight_decay=train_config.weight_decay)
+    state = _State({"text_encoder": text_encoder, "heads": heads}, optimizer)
+    if resume and (folder / STATE_NAME).is_file():
+        _load_state(folder, state)
+    shapes = tuple(config.data.shapes) + (HELD_OUT_SHAPES if train_config.held_out_captions else ())
+    dataset = ShapesDataset(config.data.dataset_size, config.seed, tuple(dict.fromkeys(shapes)), config.data.resolution)
+    header = ("step", "loss", "fields_read")
+    started = time.perf_counter() - state.seconds
+
+    while state.step < train_config.steps:
+        # 1. This step's captions (with the aliases the U-Net phase will use; none dropped: "" says nothing)
+        generator = _generator(config, "text", state.step)
+        index = torch.randint(0, len(dataset), (train_config.batch_size,), generator=generator).tolist()
+        captions = [dataset.spec_and_caption(i)[1] for i in index]
+        captions = augment_captions(captions, config.unet_training.alias_probability, 0.0, generator)
+
+        # 2. Read every field back from the embeddings the U-Net will attend to
+        loss, read = caption_reading_loss(encode_prompts(tokenizer, text_encoder, captions), heads,
+                                          caption_labels(captions))
+        learning_rate = set_learning_rate(optimizer, state.step, train_config)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([*text_encoder.parameters(), *heads.parameters()], train_config.grad_clip)
+        optimizer.step()
+
+        state.step += 1
+        state.seconds = time.perf_counter() - started
+        state.rows.append([state.step, loss.item(), read])
+        written = None
+        if state.step % train_config.checkpoint_every == 0 or state.step == train_config.steps:
+            _save_state(folder, state, header)
+            written = folder
+        if state.step == train_config.steps:
+            save_pretrained_atomically(text_encoder.eval(), folder / TEXT_MODEL)
+        yield T2IEvent("text", state.step, train_config.steps, loss.item(), learning_rate, state.seconds, written)
+    if not (folder / TEXT_MODEL).is_dir():  # resumed after the last step, before the model was saved
+        save_pretrained_atomically(text_encoder.eval(), folder / TEXT_MODEL)
+
+
+def load_trained_text_encoder(out: str | Path):
+    from transformers import CLIPTextModel
+
+    folder = Path(out) / "text" / TEXT_MODEL
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"no trained text encoder in {str(folder)!r}; run the text phase first (--phase text or all)")
+    return CLIPTextModel.from_pretrained(str(folder))
+
+
+# --- phase 3: U-Net (and text encoder) -----------------------------------------------------------------------
 
 
 def train_unet(config: T2IConfig, out: str | Path, *, resume: bool = False) -> Iterator[T2IEvent]:
@@ -381,18 +487,23 @@ def train_unet(config: T2IConfig, out: str | Path, *, resume: bool = False) -> I
     tokenizer = load_tokenizer(config, out)
     scheduler = noise_scheduler(config)
 
-    # 1. Models, EMA copies and one AdamW over both networks (the text encoder may get its own rate)
+    # 1. Models, EMA copies and one AdamW over the trained networks. The text encoder comes from the text phase
+    #    when it ran, and may get its own rate; at rate 0 it is frozen, and saved as it came.
     torch.manual_seed(config.seed)
     unet, text_encoder = new_unet(config).train(), new_text_encoder(config, tokenizer).train()
-    ema = {"unet": copy.deepcopy(unet).eval().requires_grad_(False),
-           "text_encoder": copy.deepcopy(text_encoder).eval().requires_grad_(False)}
-    text_scale = (train_config.text_encoder_learning_rate or train_config.learning_rate) / train_config.learning_rate
+    if config.text_training.steps:
+        text_encoder = load_trained_text_encoder(out).train()
+    text_rate = train_config.text_encoder_learning_rate
+    modules = {"unet": unet} if text_rate == 0 else {"unet": unet, "text_encoder": text_encoder}
+    ema = {name: copy.deepcopy(module).eval().requires_grad_(False) for name, module in modules.items()}
+    if text_rate == 0:
+        text_encoder.eval().requires_grad_(False)
+    text_scale = (text_rate or train_config.learning_rate) / train_config.learning_rate
     optimizer = torch.optim.AdamW(
-        [{"params": list(unet.parameters()), "lr_scale": 1.0},
-         {"params": list(text_encoder.parameters()), "lr_scale": text_scale}],
+        [{"params": list(module.parameters()), "lr_scale": text_scale if name == "text_encoder" else 1.0}
+         for name, module in modules.items()],
         lr=train_config.learning_rate, weight_decay=train_config.weight_decay,
     )
-    modules = {"unet": unet, "text_encoder": text_encoder}
     state = _State(modules, optimizer, ema)
     if resume and (folder / STATE_NAME).is_file():
         _load_state(folder, state)
@@ -414,7 +525,8 @@ def train_unet(config: T2IConfig, out: str | Path, *, resume: bool = False) -> I
         # 3. Denoising loss and the optimizer step
         z_t = scheduler.add_noise(z_0, eps, t)
         target = eps if config.noise.prediction_type == "epsilon" else scheduler.get_velocity(z_0, eps, t)
-        text = encode_prompts(tokenizer, text_encoder, captions)  # (B, L, D)
+        with torch.set_grad_enabled(text_rate != 0):
+            text = encode_prompts(tokenizer, text_encoder, captions)  # (B, L, D)
         prediction = unet(z_t, t, encoder_hidden_states=text).sample  # (B, C, h, w)
         loss = (prediction - target).pow(2).mean()
         learning_rate = set_learning_rate(optimizer, state.step, train_config)
@@ -435,7 +547,7 @@ def train_unet(config: T2IConfig, out: str | Path, *, resume: bool = False) -> I
         last = state.step == train_config.steps
         if state.step % train_config.checkpoint_every == 0 or last:
             _save_state(folder, state, ("step", "loss"))
-            save_pipeline(out / "pipeline", vae, ema["text_encoder"], tokenizer, ema["unet"], config)
+            save_pipeline(out / "pipeline", vae, ema.get("text_encoder", text_encoder), tokenizer, ema["unet"], config)
             written = out / "pipeline"
             every = config.eval.every
             if config.eval.num_prompts and (last or (every and state.step % every == 0)):
@@ -445,7 +557,8 @@ def train_unet(config: T2IConfig, out: str | Path, *, resume: bool = False) -> I
 
 
 def train_t2i(config: T2IConfig, out: str | Path, *, phase: Phase = "all", resume: bool = False) -> Iterator[T2IEvent]:
-    """Both phases in turn (or one of them). With ``resume``, a finished VAE phase is skipped."""
+    """The phases in turn (or one of them); the text phase only where it has steps. With ``resume``, finished
+    VAE and text phases are skipped."""
     if phase not in PHASES:
         raise ValueError(f"phase must be one of {list(PHASES)}; got {phase!r}")
     out = Path(out)
@@ -453,6 +566,12 @@ def train_t2i(config: T2IConfig, out: str | Path, *, phase: Phase = "all", resum
         done = (out / "vae" / VAE_MODEL).is_dir() and _saved_step(out / "vae") >= config.vae_training.steps
         if not (resume and done and phase == "all"):
             yield from train_vae(config, out, resume=resume)
+    if phase == "text" and not config.text_training.steps:
+        raise ValueError("text_training.steps is 0 in this recipe: there is no text phase to run")
+    if phase == "text" or (phase == "all" and config.text_training.steps):
+        done = (out / "text" / TEXT_MODEL).is_dir() and _saved_step(out / "text") >= config.text_training.steps
+        if not (resume and done and phase == "all"):
+            yield from train_text_encoder(config, out, resume=resume)
     if phase in ("unet", "all"):
         yield from train_unet(config, out, resume=resume)
 
