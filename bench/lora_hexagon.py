@@ -43,32 +43,17 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from difflab.data.captioned_folder import write_shape_set
     from difflab.data.shapes import BASE_SHAPES
     from difflab.engine.lora import applied_loras, resolve_lora
     from difflab.engine.registry import resolve_model
-    from difflab.train.lora import train_lora
-    from difflab.train.lora_config import LoraTrainConfig
     from difflab.train.t2i import evaluate_pipeline, evaluation_prompts
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     out = args.out
-    data = out / "data"
-    if not data.is_dir():
-        write_shape_set(data, "hexagon", args.images, seed=args.seed)
 
     # 1. train (resumes when a finished or interrupted run is already in --out)
-    config = LoraTrainConfig(base=args.base, data=str(data), trigger="hexagon", rank=args.rank,
-                             learning_rate=args.lr, steps=args.steps, batch_size=args.batch_size,
-                             text_encoder_lora=args.text_encoder_lora, checkpoint_every=max(1, args.steps // 4),
-                             seed=args.seed, warmup_steps=min(20, args.steps // 10))
-    started = time.perf_counter()
-    for event in train_lora(config, out / "lora", resume=(out / "lora" / "training_state.safetensors").is_file()):
-        if event.step % max(1, args.steps // 10) == 0 or event.step == event.total:
-            print(f"step {event.step}/{event.total} loss {event.loss:.4f} {event.seconds:.0f}s", file=sys.stderr)
-    record = json.loads((out / "lora" / "training.json").read_text())
+    record = train_hexagon(args, out)
     train_seconds = record["seconds"]
-    print(f"trained in {train_seconds:.0f}s ({time.perf_counter() - started:.0f}s with loading)", file=sys.stderr)
 
     # 2. measure: the same prompts and seeds with and without the LoRA, on one pipeline
     pipe = StableDiffusionPipeline.from_pretrained(str(resolve_model(args.base).path))
@@ -104,6 +89,42 @@ def main(argv: list[str] | None = None) -> int:
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(f"\ngrid: {out / 'before_after.png'}\nresults: {out / 'results.json'}")
     return 0
+
+
+def lora_config(args, data: Path, trigger: str):
+    """The issue's LoRA recipe from the command line: ``args`` has base, rank, lr, steps, batch_size,
+    text_encoder_lora and seed (bench/lora_combine.py trains its style LoRA with the same recipe)."""
+    from difflab.train.lora_config import LoraTrainConfig
+
+    return LoraTrainConfig(base=args.base, data=str(data), trigger=trigger, rank=args.rank,
+                           learning_rate=args.lr, steps=args.steps, batch_size=args.batch_size,
+                           text_encoder_lora=args.text_encoder_lora, checkpoint_every=max(1, args.steps // 4),
+                           seed=args.seed, warmup_steps=min(20, args.steps // 10))
+
+
+def train(config, lora: Path) -> dict:
+    """Train ``config`` into the folder ``lora`` (resuming a finished or interrupted run there), printing
+    progress; returns the training record (training.json)."""
+    from difflab.train.lora import train_lora
+
+    started = time.perf_counter()
+    for event in train_lora(config, lora, resume=(lora / "training_state.safetensors").is_file()):
+        if event.step % max(1, config.steps // 10) == 0 or event.step == event.total:
+            print(f"step {event.step}/{event.total} loss {event.loss:.4f} {event.seconds:.0f}s", file=sys.stderr)
+    record = json.loads((lora / "training.json").read_text())
+    print(f"trained {lora} in {record['seconds']:.0f}s ({time.perf_counter() - started:.0f}s with loading)",
+          file=sys.stderr)
+    return record
+
+
+def train_hexagon(args, out: Path) -> dict:
+    """``args.images`` hexagon renders in ``out/data`` (kept when there), the LoRA trained into ``out/lora``."""
+    from difflab.data.captioned_folder import write_shape_set
+
+    data = out / "data"
+    if not data.is_dir():
+        write_shape_set(data, "hexagon", args.images, seed=args.seed)
+    return train(lora_config(args, data, "hexagon"), out / "lora")
 
 
 def _write_grid(pipe, lora, prompts: list[str], args, path: Path) -> None:
