@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
+    if args.hexagon_lora is not None:
+        resolve_lora(str(args.hexagon_lora.resolve()))  # a missing or unreadable file fails now, not after training
 
     # 1. the style LoRA (its folder's name is its adapter name: it must differ from the hexagon LoRA's)
     style_data, style_lora = out / "shifted-data", out / "shifted-lora"
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         hexagon_record = train_hexagon(args, out / "hexagon")
         hexagon_lora = out / "hexagon" / "lora"
-    hexagon_name = resolve_lora(str(hexagon_lora.resolve())).name  # a missing file fails here, before sampling
+    hexagon_name = resolve_lora(str(hexagon_lora.resolve())).name
     style_name = resolve_lora(str(style_lora.resolve())).name
     if hexagon_name == style_name:
         raise SystemExit(f"--hexagon-lora {hexagon_lora}: rename it; {style_name!r} is the style LoRA's name")
