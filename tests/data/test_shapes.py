@@ -36,6 +36,8 @@ TEMPLATE_FIELDS = {
     "no_position": {"shape", "color", "background", "size"},
     "shape_at_position": {"shape", "color", "position"},
     "minimal": {"shape", "color"},
+    "no_color": {"shape", "background", "position", "size"},
+    "shape_only": {"shape"},
 }
 
 

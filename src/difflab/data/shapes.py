@@ -238,6 +238,12 @@ CAPTION_TEMPLATES: dict[str, str] = {
     "shape_at_position": "a {color} {shape} {position_phrase}",
     # shape and colour only: "a blue triangle"
     "minimal": "a {color} {shape}",
+    # no colour: "a small circle on the left, blue background". Without colour-free captions a prompt like
+    # "a circle" is outside everything the model saw: it drew the same one or two colours for every seed, and a
+    # negative prompt had nothing to steer away from.
+    "no_color": "a {size} {shape} {position_phrase}, {background} background",
+    # the shape alone: "a star"
+    "shape_only": "a {shape}",
 }
 
 
