@@ -58,6 +58,14 @@ def test_reads_random_renders_accurately(rendered):
     assert np.median([r.confidence for r in readings]) > 0.5
 
 
+def test_reads_an_image_file_as_it_reads_the_image(tmp_path):
+    spec = ShapeSpec("star", "green", "white", "left", "large")
+    image = render(spec, np.random.default_rng(0), 64)
+    image.save(tmp_path / "star.png")
+    assert read_image(tmp_path / "star.png") == read_image(image) == read_image(str(tmp_path / "star.png"))
+    assert read_image(tmp_path / "star.png").shape == "star"
+
+
 @pytest.mark.parametrize("shape", ["hexagon", "circle", "star", "triangle", "square"])
 def test_small_shapes_are_told_apart(shape):
     # Small is the hard case, and hexagon vs circle the hard pair: a small hexagon's outline

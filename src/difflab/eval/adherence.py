@@ -18,6 +18,7 @@ image-processing rules (nothing learned, so scores are comparable across runs an
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
@@ -81,9 +82,14 @@ class Reading:
 def to_rgb_array(image: Any) -> np.ndarray:
     """Convert an image to a float64 (H, W, 3) array in [0, 255].
 
-    Accepts a PIL image, a uint8 array (H, W, 3), or a float array / torch tensor in the
-    model's [-1, 1] convention shaped (3, H, W) or (H, W, 3).
+    Accepts an image file's path, a PIL image, a uint8 array (H, W, 3), or a float array / torch
+    tensor in the model's [-1, 1] convention shaped (3, H, W) or (H, W, 3).
     """
+    if isinstance(image, (str, os.PathLike)):  # a PNG written by difflab generate, say
+        from PIL import Image
+
+        with Image.open(image) as opened:
+            return np.asarray(opened.convert("RGB"), dtype=np.float64)
     if hasattr(image, "convert") and hasattr(image, "size"):  # PIL.Image
         return np.asarray(image.convert("RGB"), dtype=np.float64)
     if hasattr(image, "detach"):  # torch.Tensor, without importing torch here
