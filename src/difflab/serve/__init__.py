@@ -8,7 +8,9 @@ The pieces, one concept per module:
 - ``catalog``  which models a client may name, and the rule that request paths stay inside their folders
 - ``security`` bearer token and request-size limits (ASGI middleware)
 - ``errors``   every error as JSON naming the field
-- ``routes``   the ``/v1`` API;  ``a1111`` the AUTOMATIC1111-compatible ``/sdapi/v1`` endpoints
+- ``inputs``   uploaded images (raw or base64) stored in the inputs folder under content-hash names
+- ``routes``   the ``/v1`` API;  ``a1111`` the AUTOMATIC1111-compatible ``/sdapi/v1`` endpoints, with
+  ``a1111_img2img`` for ``/sdapi/v1/img2img`` (init images and masks as base64)
 - ``app``      create_app(config): the FastAPI application that ties them together
 
 Only ``engine`` touches diffusers; this package speaks GenerationRequest. FastAPI and uvicorn are imported here

@@ -32,7 +32,8 @@ router = APIRouter(prefix="/sdapi/v1", tags=["a1111"])
 _CHECKPOINT_TITLE = re.compile(r"^(.*?)(?: \[[0-9a-f]{8,64}\])?$")  # "name [hash]" as A1111 titles checkpoints
 # GenerationRequest field -> the A1111 field a client sent, for error messages in the client's own terms
 A1111_NAMES = {"guidance": "cfg_scale", "scheduler": "sampler_name", "n": "batch_size",
-               "model": "override_settings.sd_model_checkpoint", "strength": "denoising_strength"}
+               "model": "override_settings.sd_model_checkpoint", "strength": "denoising_strength",
+               "init_image": "init_images.0"}
 
 
 class Txt2ImgRequest(BaseModel):
@@ -116,10 +117,11 @@ async def txt2img(request: Request, body: Txt2ImgRequest):
     job = await wait_until_finished(server, job)
     if job.state != "done":
         return failed_job_response(server, job)
-    return await run_in_threadpool(txt2img_response, server, job, body)
+    return await run_in_threadpool(a1111_response, server, job, body, body.model_dump())
 
 
-def txt2img_response(server: ServerState, job, body: Txt2ImgRequest) -> dict[str, Any]:
+def a1111_response(server: ServerState, job, body: Txt2ImgRequest, parameters: dict[str, Any]) -> dict[str, Any]:
+    """``{"images", "parameters", "info"}`` of a finished job, as A1111's txt2img and img2img answer."""
     from difflab.engine.metadata import parse_parameters, read_png_metadata
 
     paths = [server.config.images_dir / image["file"] for image in job.images]
@@ -143,7 +145,7 @@ def txt2img_response(server: ServerState, job, body: Txt2ImgRequest) -> dict[str
         "clip_skip": 1, "is_using_inpainting_conditioning": False, "version": first.get("Version"),
     }
     images = [base64.b64encode(path.read_bytes()).decode("ascii") for path in paths] if body.send_images else []
-    return {"images": images, "parameters": body.model_dump(), "info": json.dumps(info)}
+    return {"images": images, "parameters": parameters, "info": json.dumps(info)}
 
 
 @router.get("/sd-models")

@@ -76,7 +76,7 @@ def create_app(config: ServeConfig, *, cache=None, lock_data_dir: bool = True) -
     """The application for ``config``. ``cache``: a PipelineCache to share (tests); a new one by default.
     ``lock_data_dir=False`` when the caller already holds the data folder's lock (``serve``)."""
     from difflab import __version__
-    from difflab.serve import a1111, routes
+    from difflab.serve import a1111, a1111_img2img, routes
 
     config.data_dir.mkdir(parents=True, exist_ok=True)
 
@@ -115,6 +115,7 @@ def create_app(config: ServeConfig, *, cache=None, lock_data_dir: bool = True) -
 
     app.include_router(routes.router)
     app.include_router(a1111.router)
+    app.include_router(a1111_img2img.router)
     if config.ui:
         from difflab.serve.ui import gradio_available, mount_ui
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import io
 import json
 import re
 import time
@@ -192,22 +190,12 @@ async def get_image(request: Request, image_id: str):
              openapi_extra={"requestBody": {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}})
 async def upload_input(request: Request):
     """Upload an image (the raw bytes as the body) for ``init_image`` or ``mask``; returns its name."""
-    from difflab.core.checkpoint import atomic_write_bytes
-    from PIL import Image, UnidentifiedImageError
+    from difflab.serve.inputs import store_image
 
     server = server_of(request)
     data = await request.body()
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG")  # re-encoded: what is stored is a plain PNG, whatever was sent
-    except (UnidentifiedImageError, OSError, ValueError):
-        raise FieldError("body", "is not an image PNG, JPEG or WebP can read") from None
-    png = buffer.getvalue()
-    name = hashlib.sha256(png).hexdigest()[:32] + ".png"
-    await run_in_threadpool(atomic_write_bytes, server.catalog.inputs_dir / name, png)
-    return JSONResponse({"name": name, "width": image.width, "height": image.height}, status_code=201)
+    stored = await run_in_threadpool(store_image, server.catalog.inputs_dir, "body", data)
+    return JSONResponse({"name": stored.name, "width": stored.width, "height": stored.height}, status_code=201)
 
 
 @router.get("/v1/models", tags=["catalog"])
