@@ -393,13 +393,15 @@ def serve_command(
     default_model: str = typer.Option("tiny-shapes", help="The model A1111 clients get when they name none."),
     max_body_mb: float = typer.Option(8.0, help="Largest request body accepted, in MB."),
     ui: bool = typer.Option(False, "--ui/--no-ui", help="Mount the Gradio web UI at /ui (needs Gradio)."),
+    preview_every: int = typer.Option(0, help="Step previews in the progress events every N steps (a VAE decode "
+                                      "each; 0 = off)."),
 ) -> None:
     """Serve the engine over HTTP: /v1 job API, A1111-compatible /sdapi/v1, OpenAPI at /docs, web UI at /ui."""
     from difflab.serve.config import ServeConfig
 
     config = ServeConfig(data_dir=data_dir, host=host, port=port, max_queue=max_queue, api_token=api_token,
                          models_dir=models_dir, loras_dir=loras_dir, default_model=default_model,
-                         max_body_bytes=int(max_body_mb * 1024 * 1024), ui=ui)
+                         max_body_bytes=int(max_body_mb * 1024 * 1024), ui=ui, preview_every=preview_every)
     try:
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401

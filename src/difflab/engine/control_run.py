@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from difflab.engine.control import ControlSpec
     from difflab.engine.control_models import ResolvedControlNet
     from difflab.engine.pipeline import PipelineCache, Settings
+    from difflab.engine.progress import Previews
     from difflab.engine.request import GenerationRequest
 
 RESIZE_MODE = "Just Resize"  # A1111's name for what control.resized does (same aspect ratio, so nothing is cut)
@@ -108,11 +109,13 @@ def generate(
     cache: "PipelineCache",
     controls: list[PreparedControl],
     on_step: Optional[Callable[[int, int], None]] = None,
+    previews: Optional["Previews"] = None,
 ) -> list:
     """Draw the request's images through the family's ControlNet pipeline over ``pipeline``'s modules."""
     from difflab.engine.control_models import check_fits
     from difflab.engine.modes import with_prompt
     from difflab.engine.pipeline import control_pipeline
+    from difflab.engine.progress import StepProgress
     from difflab.engine.prompt_weighting import prompt_arguments
 
     family = settings.model.family
@@ -124,14 +127,13 @@ def generate(
     controlled = control_pipeline(pipeline, modules, family)
     call = with_prompt(kwargs, prompt_arguments(controlled, family, settings.request))
     call.update(control_call(settings, controls))
-    if on_step is not None:
-        def callback(pipe, step, timestep, tensors):
-            on_step(step + 1, settings.steps)
-            return tensors
-
-        call["callback_on_step_end"] = callback
+    progress = StepProgress(on_step, settings.steps, previews)
+    call.update(progress.kwargs(controlled))
     # 3. Denoise: per step, every ControlNet reads (latents, t, prompt, map) and adds its scaled residuals
-    return controlled(**call).images
+    try:
+        return controlled(**call).images
+    finally:
+        progress.close()
 
 
 # ---- metadata ----

@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
     from difflab.engine.pipeline import PipelineCache, Settings
+    from difflab.engine.progress import Previews, StepProgress
     from difflab.engine.request import GenerationRequest
 
 Mode = Literal["txt2img", "img2img", "inpaint"]
@@ -236,35 +237,32 @@ def _fresh_scheduler(pipeline) -> None:
     pipeline.scheduler = type(pipeline.scheduler).from_config(pipeline.scheduler.config)
 
 
-class _Progress:
-    """Counts denoising steps over every pass (first pass, refiner, hires) against the planned total."""
-
-    def __init__(self, on_step: Optional[Callable[[int, int], None]], total: int):
-        self.on_step, self.total, self.done = on_step, total, 0
-
-    def kwargs(self) -> dict[str, Any]:
-        return {} if self.on_step is None else {"callback_on_step_end": self._callback}
-
-    def _callback(self, pipe, step, timestep, tensors):
-        self.done += 1
-        self.on_step(self.done, max(self.total, self.done))
-        return tensors
-
-
 def generate(
     pipeline,
     settings: "Settings",
     kwargs: dict[str, Any],
     cache: "PipelineCache",
     on_step: Optional[Callable[[int, int], None]] = None,
+    previews: Optional["Previews"] = None,
 ) -> list:
-    """Run every pass the request asks for; ``kwargs`` are the txt2img keyword arguments (prompt, size, seeds)."""
+    """Run every pass the request asks for; ``kwargs`` are the txt2img keyword arguments (prompt, size, seeds).
+    ``on_step(done, total)`` after every denoising step of every pass; ``previews`` (engine.progress) if asked."""
+    from difflab.engine.progress import StepProgress
+
+    progress = StepProgress(on_step, total_steps(settings), previews)
+    try:
+        return _generate(pipeline, settings, kwargs, cache, progress)
+    finally:
+        progress.close()
+
+
+def _generate(pipeline, settings: "Settings", kwargs: dict[str, Any], cache: "PipelineCache",
+              progress: "StepProgress") -> list:
     from difflab.engine.prompt_weighting import prompt_arguments
 
     request = settings.request
     check_settings(settings)
     mode = mode_of(request)
-    progress = _Progress(on_step, total_steps(settings))
     # 1. The first pass: txt2img, img2img or inpainting over the cached pipeline's modules.
     first = mode_pipeline(pipeline, mode)
     kwargs = with_prompt(kwargs, prompt_arguments(first, settings.model.family, request))
@@ -282,11 +280,11 @@ def generate(
     refiner_switch = refiner_switch_of(request)
     if refiner_switch is not None:
         call["denoising_end"], call["output_type"] = refiner_switch, "latent"
-    call.update(progress.kwargs())
+    call.update(progress.kwargs(first))
     output = first(**call)
     # 2. SDXL ensemble of experts: the refiner denoises the last (1 - switch) of the noise levels from the latents.
     if refiner_switch is not None:
-        images = _refine(output.images, settings, {**kwargs, **progress.kwargs()}, cache, refiner_switch)
+        images = _refine(output.images, settings, {**kwargs, **progress.kwargs(first)}, cache, refiner_switch)
     else:
         images = output.images
     if mask is not None:
@@ -295,7 +293,8 @@ def generate(
     if request.hires_scale is not None:
         from difflab.engine.hires import hires_pass
 
-        images = hires_pass(mode_pipeline(pipeline, "img2img"), images, settings, {**kwargs, **progress.kwargs()})
+        img2img = mode_pipeline(pipeline, "img2img")
+        images = hires_pass(img2img, images, settings, {**kwargs, **progress.kwargs(img2img)})
     return images
 
 

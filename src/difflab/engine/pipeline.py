@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 
@@ -19,6 +19,9 @@ from difflab.engine import memory
 from difflab.engine.registry import FLOW_MATCHING_FAMILIES, ResolvedModel, check_scheduler_fits, resolve_model
 from difflab.engine.request import GenerationRequest
 from difflab.engine.schedulers import make_scheduler
+
+if TYPE_CHECKING:  # pragma: no cover
+    from difflab.engine.progress import Previews
 
 FAMILIES_WITH_NEGATIVE_PROMPT = ("sd", "sdxl", "sdxl-refiner", "sd3")
 
@@ -152,8 +155,10 @@ def run(
     cache: PipelineCache,
     *,
     on_step: Optional[Callable[[int, int], None]] = None,
+    previews: Optional["Previews"] = None,
 ) -> Result:
-    """Generate the request's images. ``on_step(done, total)`` is called after every denoising step."""
+    """Generate the request's images. ``on_step(done, total)`` is called after every denoising step; ``previews``
+    (engine.progress.Previews) asks for images of the denoised estimate every few steps."""
     import time
 
     model = resolve_model(request.model, request.allow_unsafe_pickle)
@@ -183,9 +188,9 @@ def run(
         fresh = {**kwargs, "generator": generators_for(request.seed, request.n)}
         with torch.inference_mode():
             if controls:  # txt2img steered by ControlNets (control_run.py)
-                return control_run.generate(pipeline, settings, fresh, cache, controls, on_step)
+                return control_run.generate(pipeline, settings, fresh, cache, controls, on_step, previews)
             # txt2img, img2img, inpainting, refiner, hires fix; weighted or long prompts as embeddings (modes.py)
-            return modes.generate(pipeline, settings, fresh, cache, on_step)
+            return modes.generate(pipeline, settings, fresh, cache, on_step, previews)
 
     with applied_loras(pipeline, loras):  # loaded for this request only: unloaded even when drawing fails
         images = memory.call_with_oom_retry(draw, pipeline, request.memory, cache.placement.device, notes=notes)

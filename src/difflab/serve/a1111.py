@@ -218,7 +218,9 @@ async def progress(request: Request):
                   "job_timestamp": (datetime.datetime.fromtimestamp(job.started).strftime("%Y%m%d%H%M%S")
                                     if job and job.started else "0"),
                   "job_no": 0, "sampling_step": job.step if job else 0, "sampling_steps": job.steps if job else 0},
-        "current_image": None, "textinfo": None,
+        # the latest step preview (base64 PNG) when the server makes them (--preview-every), as A1111's live preview
+        "current_image": preview.png_base64 if (preview := job and server.worker.previews.latest(job.id)) else None,
+        "textinfo": None,
     }
 
 

@@ -87,7 +87,8 @@ def create_app(config: ServeConfig, *, cache=None, lock_data_dir: bool = True) -
         requeued = store.recover()  # before the worker starts: nothing is really running yet
         if requeued:
             log.warning("re-queued %d job(s) that were running when the server last stopped", requeued)
-        worker = Worker(store, config.images_dir, cache=cache)
+        worker = Worker(store, config.images_dir, cache=cache, preview_every=config.preview_every,
+                        preview_max_side=config.preview_max_side)
         catalog = Catalog(config.models_dir, config.data_dir / "inputs", config.loras_dir or default_lora_dir())
         app.state.server = ServerState(config, store, worker, catalog, requeued,
                                        {"sd_model_checkpoint": config.default_model})

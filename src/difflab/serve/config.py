@@ -34,6 +34,11 @@ class ServeConfig:
     default_model: str = "tiny-shapes"  # what A1111 clients get when they name no checkpoint
     ui: bool = False  # mount the Gradio web UI at /ui (needs Gradio; opt-in: `difflab serve --ui`)
     sync_timeout_s: float = 600.0  # a synchronous request waits this long, then answers 202 with the job
+    # step previews in the progress events: every N denoising steps a VAE decode of the current x0 estimate of the
+    # job's first image. 0 = off (the default): each preview costs a full VAE decode, which on a large model is a
+    # sizeable fraction of a step
+    preview_every: int = 0
+    preview_max_side: int = 256  # previews are shrunk to fit in this many pixels on each side
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -44,6 +49,10 @@ class ServeConfig:
             raise ValueError(f"max_queue: must be between 1 and 100000; got {self.max_queue}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port: must be between 0 and 65535; got {self.port}")
+        if self.preview_every < 0:
+            raise ValueError(f"preview_every: must be >= 0 (0 = no previews); got {self.preview_every}")
+        if not 8 <= self.preview_max_side <= 4096:
+            raise ValueError(f"preview_max_side: must be between 8 and 4096; got {self.preview_max_side}")
         if self.max_body_bytes < 1024:
             raise ValueError(f"max_body_bytes: must be at least 1024; got {self.max_body_bytes}")
         if self.api_token is not None and len(self.api_token) < 16:

@@ -148,18 +148,25 @@ async def cancel_job(request: Request, job_id: str):
 @router.get("/v1/jobs/{job_id}/events", tags=["jobs"], response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}}})
 async def job_events(request: Request, job_id: str):
-    """Server-sent events: ``progress`` after each step, then one of ``done``, ``failed``, ``cancelled``."""
+    """Server-sent events: ``progress`` after each step, then one of ``done``, ``failed``, ``cancelled``. When the
+    server makes previews (``--preview-every N``), a progress event that comes with a new one carries it as
+    ``preview``: ``{"step", "width", "height", "format": "png", "image": <base64 PNG>}``, a VAE decode of the
+    current denoised estimate of the job's first image."""
     server = server_of(request)
     get_job_or_404(server, job_id)
 
     async def stream() -> AsyncIterator[str]:
-        last, quiet_since = None, time.monotonic()
+        last, sent_preview, quiet_since = None, None, time.monotonic()
         while True:
             job = server.store.get(job_id)
-            snapshot = (job.state, job.step, job.steps)
+            preview = None if job.is_finished else server.worker.previews.latest(job_id)
+            snapshot = (job.state, job.step, job.steps, preview.step if preview else None)
             if snapshot != last:
                 event = job.state if job.is_finished else "progress"
-                yield f"event: {event}\ndata: {json.dumps(job_json(server, job))}\n\n"
+                data = job_json(server, job)
+                if preview is not None and preview.step != sent_preview:  # each preview is sent once
+                    data["preview"], sent_preview = preview.to_json(), preview.step
+                yield f"event: {event}\ndata: {json.dumps(data)}\n\n"
                 last, quiet_since = snapshot, time.monotonic()
                 if job.is_finished:
                     return

@@ -3,7 +3,9 @@
 One worker, because a pipeline is one model in memory that runs one batch at a time: two threads on it would
 only race for the same device (ComfyUI's design: an async front end takes requests, one worker executes them).
 Progress goes into the JobStore after every denoising step, which is also where a cancel request is noticed:
-the step callback raises, and the pipeline stops within one step.
+the step callback raises, and the pipeline stops within one step. With ``preview_every`` the engine also hands
+back a preview of the denoised estimate every that many steps, kept (in memory) on ``previews`` for the
+progress stream.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import traceback
 from pathlib import Path
 from typing import Optional
 
+from difflab.serve.previews import PreviewBoard
 from difflab.serve.queue import Job, JobStore
 
 log = logging.getLogger("difflab.serve")
@@ -28,13 +31,17 @@ class WorkerStopping(Exception):
 
 
 class Worker:
-    def __init__(self, store: JobStore, images_dir: Path, cache=None, idle_wait_s: float = 1.0):
+    def __init__(self, store: JobStore, images_dir: Path, cache=None, idle_wait_s: float = 1.0, *,
+                 preview_every: int = 0, preview_max_side: int = 256):
         from difflab.engine.pipeline import PipelineCache
 
         self.store = store
         self.images_dir = Path(images_dir)
         self.cache = cache if cache is not None else PipelineCache()
         self.idle_wait_s = idle_wait_s
+        self.preview_every = preview_every  # 0: no previews
+        self.preview_max_side = preview_max_side
+        self.previews = PreviewBoard()  # the running job's latest preview, for the event stream
         self.current: Optional[Job] = None  # the job running now (for /sdapi/v1/progress)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="difflab-worker", daemon=True)
@@ -67,6 +74,7 @@ class Worker:
                 self.store.fail(job.id, "internal error (see the server log)")
             finally:
                 self.current = None
+                self.previews.drop(job.id)
 
     def run_job(self, job: Job) -> None:
         from pydantic import ValidationError
@@ -90,7 +98,7 @@ class Worker:
                 raise WorkerStopping
 
         try:
-            result = run(request, self.cache, on_step=on_step)
+            result = run(request, self.cache, on_step=on_step, previews=self._previews_for(job))
         except JobCancelled:
             self.store.mark_cancelled(job.id)
             return
@@ -112,3 +120,12 @@ class Worker:
                   for index, (path, seed) in enumerate(zip(paths, result.seeds))]
         self.store.finish(job.id, images)
         log.info("job %s done: %d image(s) in %.2f s", job.id, len(images), result.seconds)
+
+    def _previews_for(self, job: Job):
+        """What the engine should preview for ``job``: its first image every ``preview_every`` steps, or None."""
+        if not self.preview_every:
+            return None
+        from difflab.engine.progress import Previews
+
+        return Previews(every=self.preview_every, max_side=self.preview_max_side,
+                        on_preview=lambda done, images: self.previews.post(job.id, done, images[0]))
