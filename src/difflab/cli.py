@@ -395,13 +395,18 @@ def serve_command(
     ui: bool = typer.Option(False, "--ui/--no-ui", help="Mount the Gradio web UI at /ui (needs Gradio)."),
     preview_every: int = typer.Option(0, help="Step previews in the progress events every N steps (a VAE decode "
                                       "each; 0 = off)."),
+    batch: bool = typer.Option(False, "--batch/--no-batch", help="Run compatible queued jobs (same settings but "
+                               "prompt, negative prompt, seed, n) as one pipeline call; images equal alone within "
+                               "1/255 on CPU."),
+    batch_max_images: int = typer.Option(8, help="Images per merged call with --batch."),
 ) -> None:
     """Serve the engine over HTTP: /v1 job API, A1111-compatible /sdapi/v1, OpenAPI at /docs, web UI at /ui."""
     from difflab.serve.config import ServeConfig
 
     config = ServeConfig(data_dir=data_dir, host=host, port=port, max_queue=max_queue, api_token=api_token,
                          models_dir=models_dir, loras_dir=loras_dir, default_model=default_model,
-                         max_body_bytes=int(max_body_mb * 1024 * 1024), ui=ui, preview_every=preview_every)
+                         max_body_bytes=int(max_body_mb * 1024 * 1024), ui=ui, preview_every=preview_every,
+                         batch=batch, batch_max_images=batch_max_images)
     try:
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401

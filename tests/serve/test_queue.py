@@ -94,3 +94,30 @@ def test_two_stores_on_one_file_never_claim_the_same_job(tmp_path: Path) -> None
     for thread in threads:
         thread.join()
     assert sorted(claimed) == sorted(submitted)  # every job once: none lost, none twice
+
+
+def test_claim_batch_takes_a_contiguous_run_of_equal_keys_up_to_the_image_limit(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "q.sqlite3")
+    key = lambda request: None if request["group"] is None else str(request["group"])  # noqa: E731
+    images = lambda request: request["n"]  # noqa: E731
+    groups = [("a", 1), ("a", 2), ("a", 1), ("b", 1), ("a", 1), (None, 1), (None, 1), ("a", 4), ("a", 1)]
+    ids = [store.submit({"group": g, "n": n}, max_queue=100).id for g, n in groups]
+    claims = []
+    while batch := store.claim_batch(key, images, max_images=3):
+        assert all(job.state == "running" and job.attempts == 1 for job in batch)
+        assert len({job.started for job in batch}) == 1  # started together
+        claims.append([ids.index(job.id) for job in batch])
+        for job in batch:
+            store.finish(job.id, [])
+    # a, a (3 images: full), then a alone (b breaks the run), b, a, None never merges, 4 images alone, then a
+    assert claims == [[0, 1], [2], [3], [4], [5], [6], [7], [8]]
+    assert store.claim_batch(key, images, max_images=3) == []
+
+
+def test_set_progress_many_reports_the_jobs_asked_to_stop(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "q.sqlite3")
+    ids = [store.submit(request(i), max_queue=10).id for i in range(3)]
+    store.claim_batch(lambda r: "same", lambda r: 1, max_images=3)
+    store.cancel(ids[1])
+    assert store.set_progress_many(ids, 2, 10) == {ids[1]}
+    assert [(store.get(i).step, store.get(i).steps) for i in ids] == [(2, 10)] * 3

@@ -15,7 +15,7 @@ VAE round trip would otherwise blur the part of the image the user asked to keep
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Optional
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Sequence
 
 from difflab.engine.request import DEFAULT_HIRES_STRENGTH, DEFAULT_REFINER_SWITCH, DEFAULT_STRENGTH
 
@@ -244,28 +244,35 @@ def generate(
     cache: "PipelineCache",
     on_step: Optional[Callable[[int, int], None]] = None,
     previews: Optional["Previews"] = None,
+    group: Sequence["GenerationRequest"] = (),
 ) -> list:
     """Run every pass the request asks for; ``kwargs`` are the txt2img keyword arguments (prompt, size, seeds).
-    ``on_step(done, total)`` after every denoising step of every pass; ``previews`` (engine.progress) if asked."""
+    ``on_step(done, total)`` after every denoising step of every pass; ``previews`` (engine.progress) if asked.
+    ``group``: the compatible requests of a merged call (engine.merged), whose prompts go in one per image."""
     from difflab.engine.progress import StepProgress
 
     progress = StepProgress(on_step, total_steps(settings), previews)
     try:
-        return _generate(pipeline, settings, kwargs, cache, progress)
+        return _generate(pipeline, settings, kwargs, cache, progress, group)
     finally:
         progress.close()
 
 
 def _generate(pipeline, settings: "Settings", kwargs: dict[str, Any], cache: "PipelineCache",
-              progress: "StepProgress") -> list:
+              progress: "StepProgress", group: Sequence["GenerationRequest"]) -> list:
+    from difflab.engine.merged import NotMergeable, merged_prompt_arguments
     from difflab.engine.prompt_weighting import prompt_arguments
 
     request = settings.request
     check_settings(settings)
     mode = mode_of(request)
+    if group and (refiner_switch_of(request) is not None or request.hires_scale is not None):
+        raise NotMergeable("the refiner and the hires fix run per request")
     # 1. The first pass: txt2img, img2img or inpainting over the cached pipeline's modules.
     first = mode_pipeline(pipeline, mode)
-    kwargs = with_prompt(kwargs, prompt_arguments(first, settings.model.family, request))
+    family = settings.model.family
+    prompt = merged_prompt_arguments(first, family, group) if group else prompt_arguments(first, family, request)
+    kwargs = with_prompt(kwargs, prompt)
     call = dict(kwargs)
     init = mask = None
     if mode != "txt2img":

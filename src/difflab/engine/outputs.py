@@ -118,6 +118,8 @@ def image_png(result: Result, index: int, placement: Placement | None = None) ->
         fields = {**{k: v for k, v in fields.items() if k != "Version"},
                   **control_run.infotext(settings, result.controls), "Version": fields.get("Version")}
         full_record["controls"] = control_run.record(settings, result.controls)
+    if result.batch is not None:  # drawn in one call with other requests (engine.merged): where it sat
+        full_record["batch"] = result.batch.to_json()
     parameters = format_parameters(prompt, settings.request.negative_prompt, fields)
     return png_bytes(result.images[index], pnginfo=png_info(parameters, full_record))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import torch
 
@@ -21,6 +21,7 @@ from difflab.engine.request import GenerationRequest
 from difflab.engine.schedulers import make_scheduler
 
 if TYPE_CHECKING:  # pragma: no cover
+    from difflab.engine.merged import MergedBatch
     from difflab.engine.progress import Previews
 
 FAMILIES_WITH_NEGATIVE_PROMPT = ("sd", "sdxl", "sdxl-refiner", "sd3")
@@ -61,6 +62,7 @@ class Result:
     notes: list[str] = field(default_factory=list)  # what the engine changed on its own (an OOM retry), for the user
     loras: list = field(default_factory=list)  # engine.lora.ResolvedLora applied to these images, for metadata
     controls: list = field(default_factory=list)  # engine.control_run.PreparedControl that steered them
+    batch: Optional["MergedBatch"] = None  # set when drawn in one call with other requests (run_merged)
 
 
 @dataclass
@@ -159,8 +161,31 @@ def run(
 ) -> Result:
     """Generate the request's images. ``on_step(done, total)`` is called after every denoising step; ``previews``
     (engine.progress.Previews) asks for images of the denoised estimate every few steps."""
+    return _draw([request], cache, on_step, previews)[0]
+
+
+def run_merged(
+    requests: Sequence[GenerationRequest],
+    cache: PipelineCache,
+    *,
+    on_step: Optional[Callable[[int, int], None]] = None,
+    previews: Optional["Previews"] = None,
+) -> list[Result]:
+    """Generate compatible requests (equal ``merged.merge_key``) in one pipeline call: one Result per request,
+    request i's images seeded as alone. ``NotMergeable`` (a ValueError) before any step when they cannot share it.
+    ``previews.indices`` are positions in the whole call (``merged.layout``)."""
+    from difflab.engine.merged import check_mergeable
+
+    check_mergeable(requests)
+    return _draw(list(requests), cache, on_step, previews)
+
+
+def _draw(requests: list[GenerationRequest], cache: PipelineCache, on_step, previews) -> list[Result]:
     import time
 
+    from difflab.engine import merged
+
+    request, together = requests[0], len(requests) > 1  # requests[1:] differ only in merged.FREE_FIELDS
     model = resolve_model(request.model, request.allow_unsafe_pickle)
     settings = Settings.of(request, model)
     check_scheduler_fits(model, settings.scheduler)  # before any weights load
@@ -171,6 +196,8 @@ def run(
     from difflab.engine import control_run
 
     controls = control_run.prepare_controls(settings)  # ControlNets found, maps made: before any weights load
+    for other in requests[1:]:
+        pipeline_kwargs(Settings.of(other, model), [])  # each request's own negative-prompt check
     pipeline, original_scheduler = cache.get(model)
     # a fresh scheduler from the model's own config on every request: schedulers keep state between steps, and a
     # cached pipeline must never carry one request's sampler into the next
@@ -179,20 +206,30 @@ def run(
         pipeline.scheduler = make_scheduler(settings.scheduler, base_config)
     else:
         pipeline.scheduler = type(original_scheduler).from_config(base_config)
-    generators = generators_for(request.seed, request.n)
-    kwargs = pipeline_kwargs(settings, generators)
+
+    def generators() -> list[torch.Generator]:  # image j of request i: seed_i + j, merged or not
+        return [generator for one in requests for generator in generators_for(one.seed, one.n)]
+
+    kwargs = pipeline_kwargs(settings, generators())
+    if together:  # one prompt per image (modes.generate fills them in), so one image per prompt
+        kwargs["num_images_per_prompt"] = 1
     started = time.perf_counter()
     notes: list[str] = []
 
     def draw():  # fresh generators on every call: a retry after an out-of-memory error draws the same images
-        fresh = {**kwargs, "generator": generators_for(request.seed, request.n)}
+        fresh = {**kwargs, "generator": generators()}
         with torch.inference_mode():
             if controls:  # txt2img steered by ControlNets (control_run.py)
                 return control_run.generate(pipeline, settings, fresh, cache, controls, on_step, previews)
             # txt2img, img2img, inpainting, refiner, hires fix; weighted or long prompts as embeddings (modes.py)
-            return modes.generate(pipeline, settings, fresh, cache, on_step, previews)
+            return modes.generate(pipeline, settings, fresh, cache, on_step, previews,
+                                  group=requests if together else ())
 
     with applied_loras(pipeline, loras):  # loaded for this request only: unloaded even when drawing fails
         images = memory.call_with_oom_retry(draw, pipeline, request.memory, cache.placement.device, notes=notes)
-    return Result(settings, images, [request.seed + i for i in range(request.n)], time.perf_counter() - started,
-                  notes=notes, loras=loras, controls=controls)
+    seconds = time.perf_counter() - started
+    places = merged.layout(requests)
+    return [Result(Settings.of(one, model) if together else settings,
+                   images[place.first_image:place.first_image + one.n], [one.seed + i for i in range(one.n)],
+                   seconds, notes=list(notes), loras=loras, controls=controls, batch=place if together else None)
+            for one, place in zip(requests, places)]

@@ -4,7 +4,9 @@ The pieces, one concept per module:
 
 - ``config``   ServeConfig: where data lives, limits, the API token; the bind-address rule
 - ``queue``    JobStore: jobs in SQLite (WAL), their states, ordering and bounds
-- ``worker``   Worker: the one thread that owns the pipelines and runs jobs in order
+- ``worker``   Worker: the one thread that owns the pipelines and runs jobs in order (with ``batch``, runs of
+  compatible queued jobs as one pipeline call: engine.merged)
+- ``previews`` PreviewBoard: each running job's latest step preview, for the progress stream
 - ``catalog``  which models a client may name, and the rule that request paths stay inside their folders
 - ``security`` bearer token and request-size limits (ASGI middleware)
 - ``errors``   every error as JSON naming the field

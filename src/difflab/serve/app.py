@@ -88,7 +88,8 @@ def create_app(config: ServeConfig, *, cache=None, lock_data_dir: bool = True) -
         if requeued:
             log.warning("re-queued %d job(s) that were running when the server last stopped", requeued)
         worker = Worker(store, config.images_dir, cache=cache, preview_every=config.preview_every,
-                        preview_max_side=config.preview_max_side)
+                        preview_max_side=config.preview_max_side,
+                        batch_max_images=config.batch_max_images if config.batch else 1)
         catalog = Catalog(config.models_dir, config.data_dir / "inputs", config.loras_dir or default_lora_dir())
         app.state.server = ServerState(config, store, worker, catalog, requeued,
                                        {"sd_model_checkpoint": config.default_model})

@@ -39,6 +39,12 @@ class ServeConfig:
     # sizeable fraction of a step
     preview_every: int = 0
     preview_max_side: int = 256  # previews are shrunk to fit in this many pixels on each side
+    # batching: compatible queued jobs (equal in all but prompt, negative prompt, seed and n; engine.merged) run
+    # as one pipeline call of at most batch_max_images images. Off by default: a merged image equals the same
+    # request drawn alone only up to the kernels' batch-size dependence (1/255 measured on CPU), so replaying it
+    # from its metadata is no longer bit-identical; it pays where a bigger batch is nearly free (a GPU)
+    batch: bool = False
+    batch_max_images: int = 8
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -53,6 +59,8 @@ class ServeConfig:
             raise ValueError(f"preview_every: must be >= 0 (0 = no previews); got {self.preview_every}")
         if not 8 <= self.preview_max_side <= 4096:
             raise ValueError(f"preview_max_side: must be between 8 and 4096; got {self.preview_max_side}")
+        if not 1 <= self.batch_max_images <= 64:
+            raise ValueError(f"batch_max_images: must be between 1 and 64; got {self.batch_max_images}")
         if self.max_body_bytes < 1024:
             raise ValueError(f"max_body_bytes: must be at least 1024; got {self.max_body_bytes}")
         if self.api_token is not None and len(self.api_token) < 16:

@@ -22,7 +22,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 FINISHED_STATES = ("done", "failed", "cancelled")
@@ -198,6 +198,29 @@ class JobStore:
                        "WHERE id = ?", (time.time(), row["id"]))
         return self.get(row["id"])
 
+    def claim_batch(self, key: Callable[[dict[str, Any]], Optional[str]], images: Callable[[dict[str, Any]], int],
+                    max_images: int) -> list[Job]:
+        """The oldest queued job and the queued jobs right behind it whose ``key(request)`` equals its key (None
+        never matches), while their ``images(request)`` add up to at most ``max_images``; all now marked running,
+        in queue order. [] when the queue is empty. Only a contiguous run is taken, so no job overtakes another."""
+        with self._transaction() as db:
+            rows = db.execute("SELECT id, request FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT ?",
+                              (max(1, max_images),)).fetchall()
+            if not rows:
+                return []
+            first = json.loads(rows[0]["request"])
+            first_key, total, chosen = key(first), images(first), [rows[0]["id"]]
+            for row in rows[1:] if first_key is not None else ():
+                request = json.loads(row["request"])
+                if key(request) != first_key or total + images(request) > max_images:
+                    break
+                chosen.append(row["id"])
+                total += images(request)
+            now = time.time()  # one start time: the batch started together
+            db.executemany("UPDATE jobs SET state = 'running', started = ?, step = 0, attempts = attempts + 1 "
+                           "WHERE id = ?", [(now, job_id) for job_id in chosen])
+        return [self.get(job_id) for job_id in chosen]
+
     def requeue(self, job_id: str) -> None:
         """Put a running job back at its place in the queue (the server is shutting down mid-job)."""
         with self._transaction() as db:
@@ -209,6 +232,14 @@ class JobStore:
             db.execute("UPDATE jobs SET step = ?, steps = ? WHERE id = ?", (step, steps, job_id))
             row = db.execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return bool(row and row[0])
+
+    def set_progress_many(self, job_ids: list[str], step: int, steps: int) -> set[str]:
+        """``set_progress`` for the jobs of one merged batch, in one transaction; the ids asked to stop."""
+        with self._transaction() as db:
+            db.executemany("UPDATE jobs SET step = ?, steps = ? WHERE id = ?", [(step, steps, i) for i in job_ids])
+            marks = ",".join("?" * len(job_ids))
+            rows = db.execute(f"SELECT id FROM jobs WHERE cancel_requested = 1 AND id IN ({marks})", job_ids).fetchall()
+        return {row[0] for row in rows}
 
     def finish(self, job_id: str, images: list[dict[str, Any]]) -> None:
         self._end(job_id, "done", images=images)
