@@ -106,3 +106,16 @@ def test_unmergeable_groups_are_refused_before_any_step(tiny_sd_folder: Path) ->
         run_merged([request(tiny_sd_folder, prompt="a"), request(tiny_sd_folder, prompt="b", steps=5)], CACHE,
                    on_step=lambda done, total: steps.append(done))
     assert steps == []
+
+
+def test_replay_of_a_merged_image_says_so(tiny_sd_folder: Path, tmp_path: Path) -> None:
+    from difflab.engine.outputs import save_result
+    from difflab.engine.replay import plan_replay
+
+    merged = run_merged(group(tiny_sd_folder), CACHE)
+    path = save_result(merged[1], tmp_path)[1]
+    plan = plan_replay(path)
+    assert plan.request == group(tiny_sd_folder)[1] and plan.index == 1
+    assert any("drawn in one call with 2 other request(s) (4 images)" in warning for warning in plan.warnings)
+    alone = save_result(run(group(tiny_sd_folder)[0], CACHE), tmp_path / "alone")[0]
+    assert not any("drawn in one call" in warning for warning in plan_replay(alone).warnings)

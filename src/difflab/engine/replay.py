@@ -100,6 +100,10 @@ def _plan_from_record(image: Path, record: dict, parameters: Optional[str], mode
     if not 0 <= index < request.n:
         raise ValueError(f"image {str(image)!r}: image_index {index} is outside its request of n={request.n}")
     warnings += _environment_warnings(record, placement) + _input_warnings(record)
+    batch = record.get("batch")
+    if batch:  # the server drew it in one call with other requests (engine.merged)
+        warnings.append(f"drawn in one call with {batch['requests'] - 1} other request(s) ({batch['images']} images); "
+                        "replaying its own request may change it by about 1/255")
     recorded_hash = parse_parameters(parameters)[2].get("Model hash") if parameters else None
     return ReplayPlan(image, request, index, FROM_RECORD, tuple(warnings), recorded_hash, record)
 
