@@ -97,15 +97,35 @@ def test_comma_moves_the_last_phrase_to_the_next_chunk(pipe) -> None:
 
 
 def test_weight_scales_the_token_and_keeps_the_mean(pipe) -> None:
-    with torch.no_grad():
-        plain = encode_sd(pipe, SHORT, "")["prompt_embeds"][0]
-        weighted = encode_sd(pipe, "a (red:1.5) circle on the left", "")["prompt_embeds"][0]
+    # A trained CLIP's final LayerNorm has a bias, so its states have a mean to restore; the fixture's is fresh
+    # (bias 0, mean ~1e-8), so give it one for this test.
+    norm = getattr(pipe.text_encoder, "text_model", pipe.text_encoder).final_layer_norm  # transformers 4 | 5
+    saved = norm.bias.detach().clone()
+    try:
+        with torch.no_grad():
+            norm.bias.fill_(0.25)
+            plain = encode_sd(pipe, SHORT, "")["prompt_embeds"][0]
+            weighted = encode_sd(pipe, "a (red:1.5) circle on the left", "")["prompt_embeds"][0]
+    finally:
+        with torch.no_grad():
+            norm.bias.copy_(saved)
     ratio = weighted / plain  # (T, C): c * multiplier, with c restoring the mean
     red = 2  # <bos> a red ...
     scale = ratio[0].mean()
+    assert scale < 1  # the mean was restored by scaling down
     assert torch.allclose(ratio[red], 1.5 * scale.expand(16), rtol=1e-4)
     assert torch.allclose(ratio[[0, 1, 3, 4]], scale.expand(4, 16), rtol=1e-4)
     assert torch.isclose(weighted.mean(), plain.mean(), rtol=1e-5)
+
+
+def test_centred_states_keep_the_weights_without_an_infinite_rescale(pipe) -> None:
+    with torch.no_grad():  # the fixture's fresh encoder: LayerNorm bias 0, hidden states' mean ~0
+        plain = encode_sd(pipe, SHORT, "")["prompt_embeds"][0]
+        weighted = encode_sd(pipe, "a (red:1.5) circle on the left", "")["prompt_embeds"][0]
+    assert plain.mean().abs() < 1e-4 * plain.abs().mean()
+    assert torch.isfinite(weighted).all()
+    assert torch.allclose(weighted[2], 1.5 * plain[2], rtol=1e-4, atol=1e-6)
+    assert torch.allclose(weighted[[0, 1, 3, 4]], plain[[0, 1, 3, 4]], rtol=1e-4, atol=1e-6)
 
 
 def test_generation_with_weights_and_long_prompts(tiny_sd_folder: Path) -> None:

@@ -153,7 +153,13 @@ def _emphasize(hidden: torch.Tensor, weights: list[float]) -> torch.Tensor:
     multipliers = torch.tensor(weights, dtype=hidden.dtype, device=hidden.device)
     original_mean = hidden.mean()
     weighted = hidden * multipliers[None, :, None]  # (1, T, C) * (1, T, 1)
-    return weighted * (original_mean / weighted.mean())
+    weighted_mean = weighted.mean()
+    # A1111 divides by the weighted mean. Trained CLIP encoders end in a LayerNorm with a bias, so that mean is
+    # well away from 0; an encoder whose states are centred (a fresh one: bias 0) has a mean of ~1e-8, and the
+    # ratio turns the embeddings into inf. There, the weighted states are kept as they are.
+    if weighted_mean.abs() <= 1e-4 * hidden.abs().mean():
+        return weighted
+    return weighted * (original_mean / weighted_mean)
 
 
 def _encode_chunk(encoder, chunk: Chunk, penultimate: bool) -> tuple[torch.Tensor, torch.Tensor]:
