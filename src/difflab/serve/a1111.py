@@ -110,14 +110,22 @@ async def txt2img(request: Request, body: Txt2ImgRequest):
         generation_body = to_generation_body(server, body)
     except FieldError as error:  # already in A1111's terms
         return a1111_error(error, rename=False)
+    job, failure = await run_job(server, generation_body)
+    if failure is not None:
+        return failure
+    return await run_in_threadpool(a1111_response, server, job, body, body.model_dump())
+
+
+async def run_job(server: ServerState, generation_body: dict[str, Any]) -> tuple[Any, Optional[JSONResponse]]:
+    """Queue an A1111 request's job and wait for it: ``(job, None)`` when done, else ``(None, the error response)``."""
     try:
         job = await submit(server, generation_body, "a1111")
     except (FieldError, ValidationError) as error:  # in GenerationRequest's terms
-        return a1111_error(error)
+        return None, a1111_error(error)
     job = await wait_until_finished(server, job)
     if job.state != "done":
-        return failed_job_response(server, job)
-    return await run_in_threadpool(a1111_response, server, job, body, body.model_dump())
+        return None, failed_job_response(server, job)
+    return job, None
 
 
 def a1111_response(server: ServerState, job, body: Txt2ImgRequest, parameters: dict[str, Any]) -> dict[str, Any]:

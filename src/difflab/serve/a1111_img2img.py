@@ -17,12 +17,11 @@ from typing import Any, Optional
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import Field, ValidationError
+from pydantic import Field
 
-from difflab.serve.a1111 import Txt2ImgRequest, a1111_error, a1111_response, to_generation_body
+from difflab.serve.a1111 import Txt2ImgRequest, a1111_error, a1111_response, run_job, to_generation_body
 from difflab.serve.app import ServerState, server_of
 from difflab.serve.catalog import FieldError
-from difflab.serve.routes import failed_job_response, submit, wait_until_finished
 
 router = APIRouter(prefix="/sdapi/v1", tags=["a1111"])
 DEFAULT_DENOISING_STRENGTH = 0.75  # A1111's, and GenerationRequest's DEFAULT_STRENGTH
@@ -98,13 +97,9 @@ async def img2img(request: Request, body: Img2ImgRequest):
         generation_body.update(await run_in_threadpool(store_images, server, body))
     except FieldError as error:  # already in A1111's terms
         return a1111_error(error, rename=False)
-    try:
-        job = await submit(server, generation_body, "a1111")
-    except (FieldError, ValidationError) as error:  # in GenerationRequest's terms
-        return a1111_error(error)
-    job = await wait_until_finished(server, job)
-    if job.state != "done":
-        return failed_job_response(server, job)
+    job, failure = await run_job(server, generation_body)
+    if failure is not None:
+        return failure
     parameters = body.model_dump()
     if not body.include_init_images:  # A1111 drops the (large) images from the echo
         parameters.pop("init_images"), parameters.pop("mask")
