@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from tests.serve.live_server import LiveServer
 
@@ -18,25 +19,45 @@ pytest.importorskip("gradio", reason="the web UI needs gradio (pip install 'diff
 
 @pytest.fixture(scope="module")
 def ui_server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    with LiveServer(tmp_path_factory.mktemp("ui") / "data", models_dir, ui=True) as server:
+    from tests.engine.test_lora import _random_lora
+
+    loras = tmp_path_factory.mktemp("ui-loras")
+    lora = _random_lora(models_dir / "tiny", tmp_path_factory.mktemp("lora-work"), seed=1)
+    shutil.copy(lora, loras / "style_a.safetensors")
+    with LiveServer(tmp_path_factory.mktemp("ui") / "data", models_dir, "--loras-dir", str(loras), ui=True) as server:
         yield server
 
 
-def test_ui_generates_shows_metadata_and_reuses_settings(ui_server) -> None:
+def test_ui_generates_shows_metadata_and_reuses_settings(ui_server, tmp_path: Path) -> None:
     client = gradio_client.Client(f"{ui_server.url}/ui/", verbose=False)
-    gallery, status, metadata = client.predict("a red circle", "blue", "tiny", "Euler a", 3, 5.0, 42, 32, 32, 2, "",
-                                               api_name="/generate")
+    no_control = (None, "canny", 1.0)
+    gallery, status, metadata = client.predict("a red circle", "blue", "tiny", "Euler a", 3, 5.0, 42, 32, 32, 2,
+                                               ["style_a"], 0.5, *no_control, api_name="/generate")
     assert "done, 2 image(s)" in status and len(gallery) == 2
     record = json.loads(metadata)
-    assert record["request"]["seed"] == 42 and record["parameters"].startswith("a red circle\nNegative prompt: blue")
+    assert record["request"]["seed"] == 42 and record["parameters"].startswith(
+        "a red circle <lora:style_a:0.5>\nNegative prompt: blue")
+    assert [spec.rsplit("/", 1)[-1] for spec in record["request"]["loras"]] == ["style_a.safetensors:0.5"]
     reused = client.predict(metadata, api_name="/reuse")
     assert reused[0] == "a red circle" and reused[2] == "tiny" and reused[3] == "Euler a" and reused[6] == 42
-    bad = None
-    try:
-        client.predict("a red circle", "", "tiny", "", 3, 5.0, 0, 30, 32, 1, "", api_name="/generate")
-    except Exception as error:  # gradio_client raises AppError carrying the gr.Error message
-        bad = str(error)
-    assert bad is not None and "width" in bad
+    assert reused[10] == ["style_a:0.5"]
+
+    def error_of(*inputs) -> str:
+        try:
+            client.predict(*inputs, api_name="/generate")
+        except Exception as error:  # gradio_client raises AppError carrying the gr.Error message
+            return str(error)
+        raise AssertionError(f"no error for {inputs}")
+
+    assert "width" in error_of("a red circle", "", "tiny", "", 3, 5.0, 0, 30, 32, 1, [], 1.0, *no_control)
+    assert "loras" in error_of("a red circle", "", "tiny", "", 3, 5.0, 0, 32, 32, 1, ["missing"], 1.0, *no_control)
+    # an uploaded control image becomes the request's control: the tiny random model has no canny ControlNet,
+    # and the engine's refusal names the control
+    edges = tmp_path / "edges.png"
+    Image.new("RGB", (32, 32)).save(edges)
+    message = error_of("a red circle", "", "tiny", "", 3, 5.0, 0, 32, 32, 1, [], 1.0,
+                       gradio_client.handle_file(str(edges)), "canny", 0.8)
+    assert "controls" in message and "canny" in message
 
 
 def _chromium() -> tuple[str, str] | None:

@@ -2,7 +2,9 @@
 
 The UI submits GenerationRequests through the same validation (``routes.validated_request``) and the same
 JobStore, so its jobs are ordered with API jobs, survive restarts, and produce the same PNGs with metadata.
-Picking an image in the gallery shows its metadata, and "Reuse settings" puts them back in the form.
+Picking an image in the gallery shows its metadata, and "Reuse settings" puts them back in the form. LoRAs are
+picked from the server's LoRA folder (``NAME`` takes the weight slider's value, ``NAME:WEIGHT`` its own); a
+ControlNet image is uploaded into the server's inputs, as ``POST /v1/inputs`` would, and sent as one control.
 Gradio is optional: without it the API runs and ``/ui`` is absent.
 """
 
@@ -30,6 +32,7 @@ def build_ui(app: FastAPI):
     import gradio as gr
     from pydantic import ValidationError
 
+    from difflab.engine.control import KINDS, MAX_SCALE
     from difflab.engine.metadata import read_png_metadata
     from difflab.engine.request import describe_validation_error
     from difflab.engine.schedulers import SAMPLER_NAMES
@@ -45,14 +48,21 @@ def build_ui(app: FastAPI):
 
         return [entry["name"] for entry in model_entries(server()) if entry["available"]]
 
-    def generate(prompt, negative, model, sampler, steps, guidance, seed, width, height, n, loras):
+    def lora_choices() -> list[str]:
+        return list(server().catalog.loras())
+
+    def generate(prompt, negative, model, sampler, steps, guidance, seed, width, height, n, loras, lora_weight,
+                 control_image, control_kind, control_scale):
         body: dict[str, Any] = {"prompt": prompt, "negative_prompt": negative, "model": model,
                                 "scheduler": sampler or None, "steps": int(steps), "guidance": float(guidance),
                                 "seed": int(seed), "width": int(width), "height": int(height), "n": int(n)}
         if loras:
-            body["loras"] = [part.strip() for part in loras.split(",") if part.strip()]
+            body["loras"] = [lora_with_weight(item, lora_weight) for item in loras]
         state = server()
         try:
+            if control_image:
+                body["controls"] = [{"kind": control_kind, "image": store_control(control_image),
+                                     "scale": float(control_scale)}]
             request = validated_request(state, body)
             job = state.store.submit(request.model_dump(mode="json"), max_queue=state.config.max_queue, source="ui")
         except FieldError as error:
@@ -75,6 +85,30 @@ def build_ui(app: FastAPI):
         gallery = [(path, f"seed {image['seed']}") for path, image in zip(paths, job.images)]
         yield gallery, f"job {job.id}: done, {len(paths)} image(s)", describe(paths[0])
 
+    def lora_with_weight(item: str, weight: float) -> str:
+        name, sep, own = item.strip().rpartition(":")
+        return item.strip() if sep and own.replace(".", "", 1).lstrip("-").isdigit() else f"{item.strip()}:{weight:g}"
+
+    def store_control(path: str) -> str:
+        from pathlib import Path
+
+        from difflab.serve.inputs import store_image
+
+        return store_image(server().catalog.inputs_dir, "control image", Path(path).read_bytes()).name
+
+    def lora_names(specs: list[str]) -> list[str]:
+        """A record's LoRAs are server paths with weights; the picker wants ``NAME:WEIGHT``."""
+        from pathlib import Path
+
+        names = []
+        for spec in specs:
+            path, sep, weight = spec.rpartition(":")
+            if not sep or not weight.replace(".", "", 1).lstrip("-").isdigit():
+                path, weight = spec, ""
+            name = Path(path).stem if path.endswith(".safetensors") else Path(path).name
+            names.append(f"{name}:{weight}" if weight else name)
+        return names
+
     def describe(path: str) -> str:
         parameters, record = read_png_metadata(path)
         return json.dumps({"parameters": parameters, "request": (record or {}).get("request")}, indent=1)
@@ -89,13 +123,16 @@ def build_ui(app: FastAPI):
         if not request:
             raise gr.Error("pick an image in the gallery first")
         name = request.get("model", "")
+        control = (request.get("controls") or [{}])[0]
         models = model_choices()
         model = next((m for m in models if name == m or name.endswith("/" + m)
                       or server().catalog.model_path("model", m) == name), name)
         return (request["prompt"], request.get("negative_prompt", ""), model, request.get("scheduler") or "",
                 request.get("steps") or 20, request.get("guidance") if request.get("guidance") is not None else 7.5,
                 request.get("seed", 0), request.get("width") or 64, request.get("height") or 64, request.get("n", 1),
-                ", ".join(request.get("loras") or []))
+                lora_names(request.get("loras") or []), 1.0,
+                gr.update(),  # the control image stays as it is: the record holds only its server path
+                control.get("kind", "canny"), control.get("scale", 1.0))
 
     with gr.Blocks(title="difflab") as blocks:
         gr.Markdown("## difflab\nText-to-image over difflab's engine. Jobs share the server's queue with the API.")
@@ -115,19 +152,30 @@ def build_ui(app: FastAPI):
                 with gr.Row():
                     width = gr.Slider(8, 1024, value=64, step=8, label="Width", elem_id="width")
                     height = gr.Slider(8, 1024, value=64, step=8, label="Height", elem_id="height")
-                loras = gr.Textbox(label="LoRAs (NAME:WEIGHT, comma-separated)", elem_id="loras")
+                with gr.Row():
+                    loras = gr.Dropdown(label="LoRAs (NAME or NAME:WEIGHT)", choices=[], multiselect=True,
+                                        allow_custom_value=True, elem_id="loras")
+                    lora_weight = gr.Slider(-2, 2, value=1.0, step=0.05, label="LoRA weight", elem_id="lora_weight")
+                with gr.Accordion("ControlNet", open=False):
+                    control_image = gr.Image(label="Control image", type="filepath", elem_id="control_image")
+                    with gr.Row():
+                        control_kind = gr.Dropdown(label="Preprocessor", choices=list(KINDS), value="canny",
+                                                   elem_id="control_kind")
+                        control_scale = gr.Slider(0, MAX_SCALE, value=1.0, step=0.05, label="Control weight",
+                                                  elem_id="control_scale")
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column():
                 status = gr.Textbox(label="Progress", interactive=False, elem_id="status")
                 gallery = gr.Gallery(label="Images", elem_id="gallery", columns=4)
                 metadata = gr.Code(label="Metadata", language="json", elem_id="metadata")
                 reuse_button = gr.Button("Reuse settings", elem_id="reuse")
-        inputs = [prompt, negative, model, sampler, steps, guidance, seed, width, height, n, loras]
+        inputs = [prompt, negative, model, sampler, steps, guidance, seed, width, height, n, loras, lora_weight,
+                  control_image, control_kind, control_scale]
         button.click(generate, inputs, [gallery, status, metadata], api_name="generate")
         gallery.select(selected, gallery, metadata)
         reuse_button.click(reuse, metadata, inputs, api_name="reuse")
-        blocks.load(lambda: gr.update(choices=model_choices(), value=server().a1111_options["sd_model_checkpoint"]),
-                    None, model)
+        blocks.load(lambda: (gr.update(choices=model_choices(), value=server().a1111_options["sd_model_checkpoint"]),
+                             gr.update(choices=lora_choices())), None, [model, loras])
     return blocks
 
 
