@@ -180,3 +180,26 @@ def test_score_counts_only_fields_the_prompt_asks_for(rendered):
 
 def _other(color, background):
     return next(c for c in COLORS if c not in (color, background))
+
+
+def _lumpy_circle(radius: float, bump: float, harmonic: int, phase: float) -> np.ndarray:
+    """A red disc on blue whose radius swings by ``bump`` (a fraction) ``harmonic`` times around: r(t) = R(1 + b cos(nt))."""
+    from PIL import Image, ImageDraw
+
+    scale, side = 8, 64
+    theta = np.linspace(0, 2 * np.pi, 720, endpoint=False)
+    r = radius * scale * (1 + bump * np.cos(harmonic * theta + phase))
+    points = list(zip(side * scale / 2 + r * np.cos(theta), side * scale / 2 + r * np.sin(theta)))
+    canvas = Image.new("RGB", (side * scale, side * scale), PALETTE["blue"])
+    ImageDraw.Draw(canvas).polygon(points, fill=PALETTE["red"])
+    return np.asarray(canvas.resize((side, side), Image.Resampling.BOX))
+
+
+@pytest.mark.parametrize("harmonic", [3, 4, 5])
+def test_a_lumpy_circle_is_a_circle_and_a_polygon_far_from_one_is_not(harmonic):
+    # 4% bumps: nearer a circle than the square's ~13% (the triangle's ~26%, the star's ~20%)
+    for phase in (0.0, 0.5, 1.0):
+        assert read_image(_lumpy_circle(14, 0.04, harmonic, phase)).shape == "circle"
+    # a bump as deep as the shape itself reads as that shape
+    depth = {3: 0.22, 4: 0.11, 5: 0.18}[harmonic]
+    assert read_image(_lumpy_circle(14, depth, harmonic, 0.0)).shape == {3: "triangle", 4: "square", 5: "star"}[harmonic]

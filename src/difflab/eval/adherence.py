@@ -61,6 +61,12 @@ POLYGON_HARMONICS = {3: "triangle", 4: "square", 5: "star", 6: "hexagon"}
 # clean and < 0.025 under pixel noise of std 30, so the strongest of harmonics 3..6 must beat
 # this threshold, set between the two, for the shape to be a polygon.
 CIRCLE_MAX_HARMONIC = 0.026
+# The strongest harmonic n must also reach the least that shape n measures, or the outline is a lumpy circle:
+# midway between the circle ceiling above and the smallest amplitude of n over 600 renders blurred by 1 px with
+# pixel noise of std 10 (square 0.101, triangle 0.217, star 0.170; hexagon 0.029, so it keeps the ceiling).
+# A circle drawn with 3-5% bumps (what a small generator draws) is nearer a circle than a square's 13%.
+POLYGON_MIN_HARMONIC = {3: (CIRCLE_MAX_HARMONIC + 0.217) / 2, 4: (CIRCLE_MAX_HARMONIC + 0.101) / 2,
+                        5: (CIRCLE_MAX_HARMONIC + 0.170) / 2, 6: CIRCLE_MAX_HARMONIC}
 
 
 @dataclass(frozen=True)
@@ -141,12 +147,12 @@ def _classify_shape(profile: np.ndarray) -> tuple[str, float, tuple[float, ...]]
     harmonics = tuple(float(a) for a in spectrum[1:9])
     polygon = {n: spectrum[n] for n in POLYGON_HARMONICS}
     best = max(polygon, key=polygon.get)
-    strength = polygon[best]
-    if strength < CIRCLE_MAX_HARMONIC:
-        return "circle", float(1.0 - strength / CIRCLE_MAX_HARMONIC), harmonics
+    strength, threshold = polygon[best], POLYGON_MIN_HARMONIC[best]
+    if strength < threshold:
+        return "circle", float(1.0 - strength / threshold), harmonics
     runner_up = max(a for n, a in polygon.items() if n != best)
     # Margin against both alternatives: another polygon, and "circle" (the threshold).
-    margin = min((strength - runner_up) / strength, (strength - CIRCLE_MAX_HARMONIC) / strength)
+    margin = min((strength - runner_up) / strength, (strength - threshold) / strength)
     return POLYGON_HARMONICS[best], float(np.clip(margin, 0.0, 1.0)), harmonics
 
 
