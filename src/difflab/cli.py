@@ -299,6 +299,9 @@ def generate(
     negative: str = typer.Option("", "--negative", help="Negative prompt: what to steer away from."),
     steps: Optional[int] = typer.Option(None, help="Denoising steps [default: the model's]."),
     guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale [default: the model's]."),
+    guidance_end: Optional[float] = typer.Option(None, help="Fraction of the steps that use guidance, (0, 1]; the "
+                                                 "rest use the conditional prediction alone [default: the model's: "
+                                                 "0.45 for tiny-shapes, 1 for the others]."),
     seed: int = typer.Option(0),
     scheduler: Optional[str] = typer.Option(None, help="A1111 sampler name, e.g. 'DPM++ 2M Karras', 'Euler a'."),
     width: Optional[int] = typer.Option(None, help="Multiple of 8 [default: the model's]."),
@@ -338,8 +341,8 @@ def generate(
     from difflab.engine.request import build_request
 
     request = build_request(prompt=prompt, negative_prompt=negative, model=model, n=n, steps=steps,
-                            guidance=guidance, seed=seed, scheduler=scheduler, width=width, height=height,
-                            loras=lora, init_image=str(init_image) if init_image else None, strength=strength,
+                            guidance=guidance, guidance_end=guidance_end, seed=seed, scheduler=scheduler,
+                            width=width, height=height, loras=lora, init_image=str(init_image) if init_image else None, strength=strength,
                             mask=str(mask) if mask else None, refiner=refiner, refiner_switch=refiner_switch,
                             hires_scale=hires_scale, hires_strength=hires_strength, hires_steps=hires_steps,
                             long_prompt=long_prompt, memory=memory, allow_unsafe_pickle=allow_unsafe_pickle,

@@ -180,6 +180,8 @@ def infotext_settings(settings: "Settings") -> dict[str, Any]:
     from difflab.engine.hires import UPSCALER
 
     request, values = settings.request, {}
+    if settings.guidance_end < 1:
+        values["Guidance end"] = settings.guidance_end  # difflab's key: A1111 has no guidance interval
     if request.init_image is not None:
         values["Denoising strength"] = strength_of(request)
         values["Init image hash"] = file_sha256(request.init_image)[:10]
@@ -260,6 +262,7 @@ def generate(
 
 def _generate(pipeline, settings: "Settings", kwargs: dict[str, Any], cache: "PipelineCache",
               progress: "StepProgress", group: Sequence["GenerationRequest"]) -> list:
+    from difflab.engine.guidance_interval import with_guidance_interval
     from difflab.engine.merged import NotMergeable, merged_prompt_arguments
     from difflab.engine.prompt_weighting import prompt_arguments
 
@@ -288,7 +291,7 @@ def _generate(pipeline, settings: "Settings", kwargs: dict[str, Any], cache: "Pi
     if refiner_switch is not None:
         call["denoising_end"], call["output_type"] = refiner_switch, "latent"
     call.update(progress.kwargs(first))
-    output = first(**call)
+    output = first(**with_guidance_interval(call, settings.guidance_end))
     # 2. SDXL ensemble of experts: the refiner denoises the last (1 - switch) of the noise levels from the latents.
     if refiner_switch is not None:
         images = _refine(output.images, settings, {**kwargs, **progress.kwargs(first)}, cache, refiner_switch)

@@ -72,7 +72,8 @@ def record(settings: Settings, seed: int, index: int, placement: Placement | Non
         "image_index": index,  # image i of the request; it was drawn with seed + i
         "seed": seed,
         "settings": {"width": settings.width, "height": settings.height, "steps": settings.steps,
-                     "guidance": settings.guidance, "scheduler": settings.scheduler,
+                     "guidance": settings.guidance, "guidance_end": settings.guidance_end,
+                     "scheduler": settings.scheduler,
                      "family": settings.model.family, "model_path": str(settings.model.path)},
         "mode": record_settings(settings),  # txt2img/img2img/inpaint, init image and mask hashes, refiner, hires
         "versions": {"difflab": _version(), "torch": torch.__version__, "diffusers": diffusers.__version__,

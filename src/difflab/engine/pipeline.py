@@ -38,9 +38,11 @@ class Settings:
     steps: int
     guidance: float
     scheduler: Optional[str]  # A1111 name, or None for the model's own scheduler
+    guidance_end: float = 1.0  # fraction of the steps with guidance (engine/guidance_interval.py)
 
     @classmethod
     def of(cls, request: GenerationRequest, model: ResolvedModel) -> "Settings":
+        from difflab.engine.guidance_interval import effective_guidance_end
         from difflab.engine.modes import init_image_size
 
         init_width, init_height = init_image_size(request) or (None, None)  # img2img: the init image's size
@@ -50,6 +52,7 @@ class Settings:
             steps=request.steps or model.steps,
             guidance=model.guidance if request.guidance is None else request.guidance,
             scheduler=request.scheduler or model.scheduler,
+            guidance_end=effective_guidance_end(request, model),
         )
 
 

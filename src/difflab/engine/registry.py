@@ -29,11 +29,12 @@ class Preset:
     scheduler: Optional[str] = None  # A1111 name; None keeps the model's own
     bundled: bool = False
     notes: str = ""
+    guidance_end: float = 1.0  # fraction of the steps with CFG (engine/guidance_interval.py)
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("tiny-shapes", "tiny-shapes", "sd", 64, 64, 20, 7.5, "DPM++ 2M", bundled=True,
-           notes="difflab's own 64x64 shapes model (offline default)"),
+           notes="difflab's own 64x64 shapes model (offline default)", guidance_end=0.45),
     Preset("sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5", "sd", 512, 512, 30, 7.5, "DPM++ 2M Karras"),
     Preset("sdxl", "stabilityai/stable-diffusion-xl-base-1.0", "sdxl", 1024, 1024, 30, 7.0, "DPM++ 2M Karras"),
     Preset("sdxl-refiner", "stabilityai/stable-diffusion-xl-refiner-1.0", "sdxl-refiner", 1024, 1024, 30, 7.0),
@@ -71,6 +72,7 @@ class ResolvedModel:
     scheduler: Optional[str] = None
     single_file: bool = False
     extra: dict = field(default_factory=dict)
+    guidance_end: float = 1.0
 
 
 class ModelNotAvailable(ValueError):
@@ -89,7 +91,7 @@ def resolve_model(name: str, allow_unsafe_pickle: bool = False) -> ResolvedModel
         if preset.bundled and not (path / "model_index.json").is_file():
             raise ModelNotAvailable(f"model {name!r}: the bundled weights are missing from {path}")
         return ResolvedModel(name, path, preset.family, preset.width, preset.height, preset.steps, preset.guidance,
-                             preset.scheduler)
+                             preset.scheduler, guidance_end=preset.guidance_end)
     path = Path(name).expanduser()
     if path.suffix.lower() in PICKLE_SUFFIXES or (path.is_file() and path.suffix.lower() == ".safetensors"):
         return _resolve_single_file(name, path, allow_unsafe_pickle)

@@ -181,6 +181,8 @@ def _plan_from_parameters(image: Path, parameters: str, model: Optional[str]) ->
     for key, name, convert in (("Steps", "steps", int), ("CFG scale", "guidance", float), ("Seed", "seed", int)):
         if key in settings:
             fields[name] = _convert(settings[key], convert, key)
+    if "Guidance end" in settings:
+        fields["guidance_end"] = _convert(settings["Guidance end"], float, "Guidance end")
     if "Size" in settings:
         width, _, height = settings["Size"].partition("x")
         fields["width"], fields["height"] = _convert(width, int, "Size"), _convert(height, int, "Size")

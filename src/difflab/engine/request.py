@@ -36,6 +36,9 @@ class GenerationRequest(BaseModel):
     n: int = Field(1, ge=1, le=MAX_IMAGES, description="images; image i uses seed + i")
     steps: Optional[int] = Field(None, ge=1, le=MAX_STEPS)
     guidance: Optional[float] = Field(None, description="classifier-free guidance scale (1 = off)")
+    guidance_end: Optional[float] = Field(None, gt=0, le=1, description="fraction of the steps that use the "
+                                          "guidance; the rest use the conditional prediction alone (a guidance "
+                                          "interval) [default: the model's; 1 = every step]")
     seed: int = Field(0, ge=0, le=MAX_SEED)
     scheduler: Optional[str] = Field(None, description="A1111 sampler name, e.g. 'DPM++ 2M Karras'")
     width: Optional[int] = Field(None, ge=8, le=MAX_SIDE)
