@@ -1,0 +1,242 @@
+"""Benchmark (issue 8): measure a trained tiny-shapes run through the engine, and ship it as the bundled model.
+
+Every image goes through the generation engine (GenerationRequest -> engine.pipeline.run), as `difflab generate`
+does, and is read back by the deterministic analyzer (difflab.eval.adherence):
+
+1. adherence over every base shape x colour (full captions, ``--per-pair`` prompts each), guidance 7.5, 20 steps
+   of DPM++ 2M: the issue's target is >= 90% shape+colour;
+2. the same on short prompts ("a red circle"), where background, position and size are left to the model;
+3. the guidance sweep (1, 3, 7.5, 15): adherence and diversity side by side, and the grid;
+4. the negative prompt: "a circle" with and without negative "red", same seeds.
+
+``--ship`` then copies the run's pipeline to src/difflab/models/tiny-shapes with a model card (recipe, steps,
+wall time, sizes, these numbers), the loss curves and the grids.
+
+    .venv/bin/python bench/tiny_shapes.py --run runs/tiny-shapes-v3 --ship     # measure the run, ship it
+    .venv/bin/python bench/tiny_shapes.py --model tiny-shapes                  # re-measure the bundled model
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+GUIDANCES = (1.0, 3.0, 7.5, 15.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", type=Path, help="a `difflab train t2i` run folder (its pipeline/ is measured)")
+    source.add_argument("--model", help="a preset or diffusers folder to measure (no shipping)")
+    parser.add_argument("--out", type=Path, default=None, help="results folder (default: RUN/measured)")
+    parser.add_argument("--per-pair", type=int, default=2, help="full-caption prompts per shape x colour pair")
+    parser.add_argument("--seeds", type=int, default=4, help="seeds per prompt in the guidance sweep")
+    parser.add_argument("--negative-n", type=int, default=32, help="seeds for the negative-prompt measurement")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--scheduler", default="DPM++ 2M")
+    parser.add_argument("--guidance-end", type=float, default=None,
+                        help="fraction of the steps with guidance [the tiny-shapes preset's]; full captions are also "
+                             "measured with guidance on every step, for comparison")
+    parser.add_argument("--ship", action="store_true", help="copy the run to src/difflab/models/tiny-shapes")
+    args = parser.parse_args(argv)
+    if args.ship and args.run is None:
+        parser.error("--ship needs --run")
+
+    from difflab.core.checkpoint import atomic_write_bytes
+    from difflab.engine.pipeline import PipelineCache
+    from difflab.eval import t2i
+    from difflab.viz.grid import make_grid, png_bytes
+
+    model = str(args.run / "pipeline") if args.run else args.model
+    out = args.out or (args.run / "measured" if args.run else Path("outputs/tiny-shapes-measured"))
+    out.mkdir(parents=True, exist_ok=True)
+    cache = PipelineCache()
+    from difflab.engine.registry import PRESETS
+
+    guidance_end = PRESETS["tiny-shapes"].guidance_end if args.guidance_end is None else args.guidance_end
+    settings = dict(steps=args.steps, scheduler=args.scheduler, cache=cache, guidance_end=guidance_end)
+    started = time.perf_counter()
+
+    # 1-2. adherence on full captions and on short prompts
+    full, full_prompts, full_images = t2i.adherence(model, per_pair=args.per_pair, guidance=7.5, **settings)
+    constant, _, _ = t2i.adherence(model, per_pair=args.per_pair, guidance=7.5, **{**settings, "guidance_end": 1.0})
+    short_prompts = t2i.minimal_prompts()
+    short_images = [group[0] for group in t2i.generate(short_prompts, model=model, guidance=7.5, **settings)]
+    short = t2i.score(short_images, short_prompts)
+    atomic_write_bytes(out / "adherence.png", png_bytes(make_grid(full_images, columns=16, scale=2)))
+    print(full.table(), "\n", file=sys.stderr)
+
+    # 3. guidance sweep
+    sweep = t2i.guidance_sweep(model, GUIDANCES, seeds_per_prompt=args.seeds, **settings)
+    atomic_write_bytes(out / "guidance-sweep.png", png_bytes(t2i.sweep_grid(sweep)))
+    print(sweep.table(), "\n", file=sys.stderr)
+
+    # 4. negative prompt
+    negative = t2i.negative_prompt_effect(model, "a circle", "red", n=args.negative_n, guidance=7.5, **settings)
+    atomic_write_bytes(out / "negative-prompt.png", png_bytes(make_grid(
+        negative.images_without + negative.images_with, columns=min(16, args.negative_n), scale=2)))
+    print(negative.table(), "\n", file=sys.stderr)
+
+    results = {
+        "model": model, "steps": args.steps, "scheduler": args.scheduler, "guidance_end": guidance_end,
+        "full_captions": {"n": full.n_images, "accuracy": full.accuracy, "shape+color": full.shape_and_color_accuracy},
+        "full_captions_guidance_every_step": {"n": constant.n_images, "accuracy": constant.accuracy,
+                                              "shape+color": constant.shape_and_color_accuracy},
+        "short_prompts": {"n": short.n_images, "accuracy": short.accuracy,
+                          "shape+color": short.shape_and_color_accuracy},
+        "guidance_sweep": [vars(row) for row in sweep.rows],
+        "negative_prompt": {k: v for k, v in vars(negative).items() if not k.startswith("images")},
+        "measure_seconds": round(time.perf_counter() - started, 1),
+        "targets": {"shape+color >= 0.9": (full.shape_and_color_accuracy or 0) >= 0.9,
+                    "negative share <= 0.05": negative.share_with <= 0.05},
+    }
+    atomic_write_bytes(out / "results.json", (json.dumps(results, indent=2) + "\n").encode())
+    text = results_markdown(results, full, short, sweep, negative, constant)
+    atomic_write_bytes(out / "results.md", text.encode())
+    print(text)
+    if args.ship:
+        print(f"shipped to {ship(args.run, out, text)}", file=sys.stderr)
+    ok = all(results["targets"].values())
+    print("targets met" if ok else "targets NOT met", file=sys.stderr)
+    return 0 if ok else 1
+
+
+def results_markdown(results: dict, full, short, sweep, negative, constant) -> str:
+    def pct(value) -> str:
+        return "-" if value is None else f"{100 * value:.1f}%"
+
+    fields = [name for name in full.accuracy]
+    lines = [f"Through the engine, {results['steps']} steps of {results['scheduler']}, guidance 7.5 on the first "
+             f"{results['guidance_end']:g} of the steps (engine/guidance_interval.py; the last row: on every step), "
+             "image j seeded j; read back by the deterministic analyzer (difflab.eval.adherence).", "",
+             "| prompts | images | " + " | ".join(fields) + " | shape+colour |",
+             "|---|---:|" + "---:|" * (len(fields) + 1)]
+    for name, report in (("full captions", full), ('short ("a red circle")', short),
+                         ("full captions, guidance on every step", constant)):
+        lines.append(f"| {name} | {report.n_images} | " + " | ".join(pct(report.accuracy[f]) for f in fields)
+                     + f" | {pct(report.shape_and_color_accuracy)} |")
+    lines += ["", f"Guidance sweep (short prompts, {len(sweep.prompts)} prompts x {len(sweep.images[sweep.rows[0].guidance][0])} "
+              "seeds; diversity: mean pairwise RMS pixel distance between seeds, and bits of variety in what the "
+              "prompt left open):", "", "| guidance | shape+colour | colour | shape | pixel diversity | open attributes (bits) |",
+              "|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r.guidance:g} | {pct(r.shape_and_color)} | {pct(r.color)} | {pct(r.shape)} | {r.pixel_diversity:.3f} | "
+              f"{r.attribute_entropy:.2f} |" for r in sweep.rows]
+    lines += ["", f"Negative prompt: {negative.prompt!r}, {negative.n} seeds, share of images read as "
+              f"{negative.color}: {pct(negative.share_without)} without, {pct(negative.share_with)} with "
+              f"negative prompt {negative.negative!r}.", ""]
+    return "\n".join(lines)
+
+
+def ship(run: Path, measured: Path, results_text: str) -> Path:
+    """Copy ``run/pipeline`` to the bundled models with a model card, the loss curves and the measured grids."""
+    from difflab.core.checkpoint import read_safetensors_with_metadata
+    from difflab.engine.registry import BUNDLED_DIR
+
+    target = BUNDLED_DIR / "tiny-shapes"
+    staging = target.with_name(".tiny-shapes.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(run / "pipeline", staging)
+    for phase in ("vae", "text", "unet"):
+        if (run / phase / "loss.png").is_file():
+            shutil.copyfile(run / phase / "loss.png", staging / f"loss-{phase}.png")
+    for name in ("adherence.png", "guidance-sweep.png", "negative-prompt.png"):
+        shutil.copyfile(measured / name, staging / name)
+    config = json.loads((run / "config.json").read_text())
+    shutil.copyfile(run / "config.json", staging / "recipe.json")
+    seconds = {phase: float(read_safetensors_with_metadata(run / phase / "training_state.safetensors")[1]["seconds"])
+               for phase in ("vae", "text", "unet") if (run / phase / "training_state.safetensors").is_file()}
+    if (run / "unet" / "adherence.csv").is_file():
+        shutil.copyfile(run / "unet" / "adherence.csv", staging / "adherence-during-training.csv")
+    (staging / "README.md").write_text(model_card(staging, run, config, seconds, results_text))
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    return target
+
+
+def model_card(folder: Path, run: Path, config: dict, seconds: dict, results_text: str) -> str:
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(folder), local_files_only=True)
+    params = {name: sum(p.numel() for p in getattr(pipe, name).parameters()) for name in ("vae", "text_encoder", "unet")}
+    size = sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
+    vae, text, unet = config["vae_training"], config["text_training"], config["unet_training"]
+    levels = [f"{16 // 2 ** i}x{16 // 2 ** i}" for i, on in enumerate(config["unet"]["cross_attention"]) if on]
+    text_rate = unet["text_encoder_learning_rate"]
+    text_in_unet_phase = ("the text encoder frozen" if text_rate == 0 else
+                          f"the text encoder trained along at rate {text_rate or unet['learning_rate']:g}")
+    text_phase = (f"Phase 2, the text encoder alone: {text['steps']:,} steps, batch {text['batch_size']}, learning "
+                  f"rate {text['learning_rate']:g}; linear heads on its mean output token learn to read back every "
+                  f"field a caption states (shape, colour, background, position, size, or not said), hexagon "
+                  f"captions included (text only): {seconds.get('text', 0) / 60:.1f} minutes. " if text["steps"] else "")
+    return f"""# tiny-shapes: difflab's bundled text-to-image model
+
+The offline default of `difflab generate`: a latent text-to-image model trained from scratch by difflab on its
+procedural shapes world (`difflab.data.shapes`: circle, square, triangle and star in 8 colours on 8 backgrounds,
+5 positions, 2 sizes; hexagon held out for the LoRA work). A standard diffusers `StableDiffusionPipeline` folder of
+safetensors: `StableDiffusionPipeline.from_pretrained("src/difflab/models/tiny-shapes")` loads it without difflab.
+
+| part | what |
+|---|---|
+| VAE | `AutoencoderKL`, blocks {config['vae']['block_out_channels']}, 64x64x3 -> 16x16x{config['vae']['latent_channels']} (factor 4), scaling factor {pipe.vae.config.scaling_factor:.4f}; {params['vae']:,} parameters |
+| text encoder | `CLIPTextModel`, {config['text_encoder']['num_hidden_layers']} layers, width {config['text_encoder']['hidden_size']}, prompts padded to {config['text_encoder']['max_position_embeddings']} tokens; a word-level CLIP tokenizer built from the caption vocabulary; {params['text_encoder']:,} parameters |
+| U-Net | `UNet2DConditionModel`, blocks {config['unet']['block_out_channels']}, cross-attention at {', '.join(levels)}; {params['unet']:,} parameters |
+| noise | {config['noise']['beta_schedule']} betas {config['noise']['beta_start']:g} to {config['noise']['beta_end']:g}, T = {config['noise']['num_train_timesteps']}, {config['noise']['prediction_type']}; sampled with DPM++ 2M |
+| files | {size / 2**20:.1f} MB of safetensors (EMA weights); `recipe.json` is the config it was trained with |
+
+## Recipe
+
+```bash
+difflab train t2i --config configs/tiny-shapes.toml --out {run}     # add --resume after an interruption
+.venv/bin/python bench/tiny_shapes.py --run {run} --ship            # measure, write this card
+```
+
+Phase 1, the VAE: {vae['steps']:,} steps, batch {vae['batch_size']}, L1 with foreground weight
+{vae['foreground_weight']:g} and KL weight {vae['kl_weight']:g}: {seconds.get('vae', 0) / 60:.1f} minutes.
+{text_phase}Phase 3, the U-Net on the frozen VAE's latents, {text_in_unet_phase}: {unet['steps']:,} steps, batch
+{unet['batch_size']}, learning rate {unet['learning_rate']:g}, caption dropout {unet['caption_dropout']:g} (the
+unconditional model for classifier-free guidance), EMA {unet['ema_decay']:g}: {seconds.get('unet', 0) / 60:.1f}
+minutes, adherence evaluations included. Wall times on the 2-core development machine (torch {torch.__version__}).
+Every random draw of step k is seeded from (seed, phase, k), so a resumed run continues exactly as the
+uninterrupted one. Loss curves: `loss-vae.png`, `loss-text.png`, `loss-unet.png`; adherence of the EMA weights at
+checkpoints during training: `adherence-during-training.csv`.
+
+## Measured quality
+
+From `bench/tiny_shapes.py` (grids: `adherence.png`, `guidance-sweep.png` with one row per guidance scale,
+`negative-prompt.png` with the top row without and the bottom row with the negative prompt).
+
+{results_text}
+{LIMITS}"""
+
+
+LIMITS = """## How it is sampled, and its limits
+
+- The preset samples with a guidance interval (`guidance_end` 0.45, `difflab generate --guidance-end`): CFG on the
+  first 9 of 20 steps, the conditional prediction alone after. With guidance on every step the model turns circles
+  into rounded squares: along the trajectory the conditional prediction stays round (4-fold harmonic ~0.016) while
+  the guided one reaches 0.05-0.11, because at mid noise the two predictions differ mostly in small lumps of the
+  outline, and a scale of 7.5 multiplies them. "a red circle on a blue background", 16 seeds: 15 read as circles
+  with the interval, 5 without. Plain diffusers (`guidance_scale=7.5` on every step) draws the constant-guidance
+  images; diffusers' dynamic-CFG callback (`pipe._guidance_scale = 0` after step 9) draws the preset's.
+- The analyzer calls an outline a polygon only when its strongest harmonic is at least halfway from a circle's to
+  that polygon's (eval/adherence.py, POLYGON_MIN_HARMONIC): before that rule, circles with 3-5% bumps read as
+  squares, and the constant-guidance row above measured 73.4%.
+- Even with the interval, circles come out slightly lumpy, a little polygonal (the strongest of harmonics 3-6 at
+  0.02-0.05 of the radius, a clean render's < 0.01): the 64x64 images are recognisable, not crisp.
+- Small stars are the weak spot: "a small yellow star" read as a star in 0 of 16 seeds (drawn as blobs). The VAE
+  alone already loses 8 of 128 small stars in reconstruction (16x16 latents leave a small star's points 1 latent
+  pixel wide).
+- The weights are v6 of the recipe history in configs/tiny-shapes.toml: trained with `steps = 9000`, then resumed
+  to 16,000 (a warm restart of the cosine schedule); a fresh run at 16,000 steps follows one cosine instead.
+"""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
