@@ -30,13 +30,19 @@ PROMPT = "a red circle on a blue background"
 BARE_SCRIPT = """
 import sys, torch
 from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
-path, out, steps, guidance, width, height, seed = sys.argv[1:8]
+path, out, steps, guidance, width, height, seed, guided = sys.argv[1:9]
 pipe = StableDiffusionPipeline.from_pretrained(path, use_safetensors=True, local_files_only=True)
 pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
 pipe.set_progress_bar_config(disable=True)
+def stop_guidance(pipe, step, timestep, tensors):  # diffusers' documented dynamic-CFG callback
+    if step == int(guided) - 1:
+        pipe._guidance_scale = 0.0
+        tensors["prompt_embeds"] = tensors["prompt_embeds"].chunk(2)[-1]
+    return tensors
 with torch.inference_mode():
     image = pipe({prompt!r}, num_inference_steps=int(steps), guidance_scale=float(guidance), width=int(width),
-                 height=int(height), generator=[torch.Generator("cpu").manual_seed(int(seed))]).images[0]
+                 height=int(height), generator=[torch.Generator("cpu").manual_seed(int(seed))],
+                 callback_on_step_end=stop_guidance, callback_on_step_end_tensor_inputs=["prompt_embeds"]).images[0]
 image.save(out)
 print(out)
 """
@@ -47,6 +53,7 @@ def warm(model_path: Path, args: argparse.Namespace) -> dict:
     import torch
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
+    from difflab.engine.guidance_interval import guided_steps
     from difflab.engine.outputs import save_result
     from difflab.engine.pipeline import PipelineCache, run
     from difflab.engine.request import build_request
@@ -55,7 +62,8 @@ def warm(model_path: Path, args: argparse.Namespace) -> dict:
     bare = StableDiffusionPipeline.from_pretrained(str(model_path), use_safetensors=True, local_files_only=True)
     bare.scheduler = DPMSolverMultistepScheduler.from_config(bare.scheduler.config)
     bare.set_progress_bar_config(disable=True)
-    settings = dict(steps=args.steps, guidance=args.guidance, width=args.width, height=args.height)
+    settings = dict(steps=args.steps, guidance=args.guidance, width=args.width, height=args.height,
+                    guidance_end=args.guidance_end)
 
     def difflab_once(seed: int, folder: Path):
         request = build_request(prompt=PROMPT, model=args.model, seed=seed, scheduler="DPM++ 2M", **settings)
@@ -66,9 +74,16 @@ def warm(model_path: Path, args: argparse.Namespace) -> dict:
     def bare_once(seed: int, folder: Path):
         with torch.inference_mode():
             image = bare(PROMPT, num_inference_steps=args.steps, guidance_scale=args.guidance, width=args.width,
-                         height=args.height, generator=[torch.Generator("cpu").manual_seed(seed)]).images[0]
+                         height=args.height, generator=[torch.Generator("cpu").manual_seed(seed)],
+                         callback_on_step_end=stop_guidance, callback_on_step_end_tensor_inputs=["prompt_embeds"]).images[0]
         image.save(folder / f"{seed}.png")
         return image
+
+    def stop_guidance(pipe, step, timestep, tensors):  # the same callback as the bare script's
+        if step == guided_steps(args.guidance_end, args.steps) - 1:
+            pipe._guidance_scale = 0.0
+            tensors["prompt_embeds"] = tensors["prompt_embeds"].chunk(2)[-1]
+        return tensors
 
     times = {"difflab": [], "diffusers": []}
     worst = 0
@@ -88,6 +103,8 @@ def warm(model_path: Path, args: argparse.Namespace) -> dict:
 
 
 def cold(model_path: Path, args: argparse.Namespace) -> dict:
+    from difflab.engine.guidance_interval import guided_steps
+
     difflab_bin = Path(sys.executable).with_name("difflab")
     times = {"difflab": [], "diffusers": []}
     env = {**os.environ}
@@ -96,10 +113,11 @@ def cold(model_path: Path, args: argparse.Namespace) -> dict:
         script.write_text(BARE_SCRIPT.format(prompt=PROMPT))
         commands = {
             "difflab": [str(difflab_bin), "generate", PROMPT, "--model", args.model, "--steps", str(args.steps),
-                        "--guidance", str(args.guidance), "--width", str(args.width), "--height", str(args.height),
+                        "--guidance", str(args.guidance), "--guidance-end", str(args.guidance_end), "--width", str(args.width), "--height", str(args.height),
                         "--scheduler", "DPM++ 2M", "-o", str(Path(tmp) / "difflab")],
             "diffusers": [sys.executable, str(script), str(model_path), str(Path(tmp) / "bare.png"), str(args.steps),
-                          str(args.guidance), str(args.width), str(args.height), "0"],
+                          str(args.guidance), str(args.width), str(args.height), "0",
+                          str(guided_steps(args.guidance_end, args.steps))],
         }
         for rep in range(args.cold_repeats + 1):  # the first round only warms the OS file cache
             names = ["difflab", "diffusers"] if rep % 2 == 0 else ["diffusers", "difflab"]
@@ -121,6 +139,8 @@ def main() -> None:
     parser.add_argument("--model", default="tiny-shapes")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=7.5)
+    parser.add_argument("--guidance-end", type=float, default=None, help="fraction of the steps with guidance "
+                        "[the model's: 0.45 for tiny-shapes]; the bare script stops CFG at the same step")
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--height", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=20, help="warm repetitions of each")
@@ -134,10 +154,14 @@ def main() -> None:
 
     from difflab.engine.registry import resolve_model
 
-    model_path = resolve_model(args.model).path
+    resolved = resolve_model(args.model)
+    model_path = resolved.path
+    if args.guidance_end is None:
+        args.guidance_end = resolved.guidance_end
     result_warm = warm(model_path, args)
     result_cold = cold(model_path, args)
-    print(f"model {args.model}: {args.width}x{args.height}, {args.steps} steps DPM++ 2M, CFG {args.guidance}; "
+    print(f"model {args.model}: {args.width}x{args.height}, {args.steps} steps DPM++ 2M, CFG {args.guidance} on the first "
+          f"{args.guidance_end:g} of the steps; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
     print(f"warm: {args.repeats} alternating repetitions; cold: {args.cold_repeats} alternating fresh processes "
           f"(after one untimed round); medians in seconds")
