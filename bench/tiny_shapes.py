@@ -230,6 +230,9 @@ LIMITS = """## How it is sampled, and its limits
   squares, and the constant-guidance row above measured 73.4%.
 - Even with the interval, circles come out slightly lumpy, a little polygonal (the strongest of harmonics 3-6 at
   0.02-0.05 of the radius, a clean render's < 0.01): the 64x64 images are recognisable, not crisp.
+- A second prompt set says the 64-image figure above is on the high side: `difflab eval adherence --model
+  tiny-shapes --per-pair 4 --seed 1` (128 images) measured 82.0% shape+colour (colour 100%), 17 of its 23 mistakes
+  stars read as circles.
 - Small stars are the weak spot: "a small yellow star" read as a star in 0 of 16 seeds (drawn as blobs). The VAE
   alone already loses 8 of 128 small stars in reconstruction (16x16 latents leave a small star's points 1 latent
   pixel wide).
