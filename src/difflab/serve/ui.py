@@ -33,6 +33,7 @@ def build_ui(app: FastAPI):
     from pydantic import ValidationError
 
     from difflab.engine.control import KINDS, MAX_SCALE
+    from difflab.engine.lora import parse_lora_spec
     from difflab.engine.metadata import read_png_metadata
     from difflab.engine.request import describe_validation_error
     from difflab.engine.schedulers import SAMPLER_NAMES
@@ -86,8 +87,13 @@ def build_ui(app: FastAPI):
         yield gallery, f"job {job.id}: done, {len(paths)} image(s)", describe(paths[0])
 
     def lora_with_weight(item: str, weight: float) -> str:
-        name, sep, own = item.strip().rpartition(":")
-        return item.strip() if sep and own.replace(".", "", 1).lstrip("-").isdigit() else f"{item.strip()}:{weight:g}"
+        """``NAME`` gets the slider's weight; ``NAME:WEIGHT`` keeps its own (engine.lora's NAME[:WEIGHT] syntax)."""
+        item = item.strip()
+        try:
+            weighted = parse_lora_spec(item).source != item
+        except ValueError:
+            return item  # the request's validation names the field
+        return item if weighted else f"{item}:{weight:g}"
 
     def store_control(path: str) -> str:
         from pathlib import Path
@@ -101,12 +107,11 @@ def build_ui(app: FastAPI):
         from pathlib import Path
 
         names = []
-        for spec in specs:
-            path, sep, weight = spec.rpartition(":")
-            if not sep or not weight.replace(".", "", 1).lstrip("-").isdigit():
-                path, weight = spec, ""
-            name = Path(path).stem if path.endswith(".safetensors") else Path(path).name
-            names.append(f"{name}:{weight}" if weight else name)
+        for text in specs:
+            spec = parse_lora_spec(text)
+            path = Path(spec.source)
+            name = path.stem if path.suffix == ".safetensors" else path.name
+            names.append(name if spec.source == text.strip() else f"{name}:{spec.weight:g}")
         return names
 
     def describe(path: str) -> str:
