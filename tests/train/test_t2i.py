@@ -119,6 +119,52 @@ def test_text_phase_teaches_reading_and_a_frozen_encoder_ships_unchanged(tiny, t
         next(train_t2i(tiny, tmp_path / "other", phase="text"))
 
 
+def test_decoder_phase_sharpens_reconstructions_and_leaves_the_latent_space_alone(trained, tiny, tmp_path):
+    from diffusers import AutoencoderKL
+
+    from difflab.data.shapes import ShapesDataset
+    from difflab.train.t2i import draw_batch, train_decoder, train_t2i, weighted_reconstruction_loss
+
+    out, _ = trained
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    config = dataclasses.replace(tiny, decoder_training=dataclasses.replace(
+        tiny.decoder_training, steps=40, batch_size=8, learning_rate=3e-3, warmup_steps=0, checkpoint_every=20))
+    events = list(train_t2i(config, run, phase="decoder"))
+    assert [(e.phase, e.step) for e in events] == [("decoder", k) for k in range(1, 41)]
+
+    before = AutoencoderKL.from_pretrained(str(run / "vae" / "model")).eval()
+    after = AutoencoderKL.from_pretrained(str(run / "decoder" / "model")).eval()
+    shipped = AutoencoderKL.from_pretrained(str(run / "pipeline" / "vae")).eval()
+    same = lambda a, b: a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # noqa: E731
+    for part in ("encoder", "quant_conv"):  # the U-Net's latent space is untouched
+        assert same(getattr(before, part).state_dict(), getattr(after, part).state_dict()), part
+    assert after.config.scaling_factor == before.config.scaling_factor
+    assert not same(before.decoder.state_dict(), after.decoder.state_dict())
+    assert same(after.state_dict(), shipped.state_dict())  # the pipeline now decodes with it
+
+    # held-out images (another seed's dataset): the new decoder reconstructs them better from the same latents
+    x, _ = draw_batch(ShapesDataset(1000, 99, tiny.data.shapes, 64), 16, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        z = before.encode(x).latent_dist.mode()
+        losses = [weighted_reconstruction_loss(tiny.vae_training, vae.decode(z).sample, x).item()
+                  for vae in (before, after)]
+    assert losses[1] < 0.9 * losses[0], losses
+
+    # interrupted at its checkpoint and resumed, the phase goes on exactly as it would have
+    again = tmp_path / "again"
+    shutil.copytree(out, again)
+    first = []
+    for event in train_decoder(config, again):
+        first.append(event.loss)
+        if event.step == 20:
+            break
+    resumed = [e.loss for e in train_decoder(config, again, resume=True)]
+    assert first + resumed == [e.loss for e in events]
+    with pytest.raises(ValueError, match="no decoder phase"):
+        next(train_t2i(tiny, tmp_path / "other", phase="decoder"))
+
+
 def test_unet_phase_needs_a_trained_vae(tiny, tmp_path):
     from difflab.train.t2i import train_unet
 

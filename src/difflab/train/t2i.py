@@ -1,4 +1,4 @@
-"""Training the bundled text-to-image model from scratch, in two phases, as generators of progress events.
+"""Training the bundled text-to-image model from scratch, in phases, as generators of progress events.
 
 Phase 1 (``train_vae``): an AutoencoderKL (Kingma & Welling 2014; Rombach et al. 2022) learns to squeeze
 64x64x3 shapes images into 16x16x4 latents:
@@ -7,6 +7,9 @@ Phase 1 (``train_vae``): an AutoencoderKL (Kingma & Welling 2014; Rombach et al.
 
 then, as Stable Diffusion does, ``scaling_factor = 1 / std(z)`` is measured so the diffusion model sees unit-
 variance latents.
+
+Phase 1b (``train_decoder``, optional): the decoder alone trains on, from latents of the frozen encoder, as
+Stable Diffusion's ft-MSE decoder did; latent space and scaling_factor stay as phase 1 left them.
 
 Phase 2 (``train_text_encoder``, optional): the CLIPTextModel learns to read captions on its own, through
 linear heads that predict every field a caption states from the mean of its output tokens (cross-entropy per
@@ -32,6 +35,7 @@ Layout of ``out``::
     config.json                  the recipe
     tokenizer/                   vocab.json, merges.txt, tokenizer_config.json
     vae/      training_state.safetensors, loss.csv, loss.png, model/ (diffusers AutoencoderKL, phase 1's result)
+    decoder/  training_state.safetensors, loss.csv, loss.png, model/ (phase 1's AutoencoderKL, phase 1b's decoder)
     text/     training_state.safetensors, loss.csv, loss.png, model/ (transformers CLIPTextModel, phase 2's result)
     unet/     training_state.safetensors, loss.csv, loss.png, adherence.csv
     pipeline/                    StableDiffusionPipeline (EMA weights), refreshed at every U-Net checkpoint
@@ -64,16 +68,16 @@ from difflab.data.shapes import (
     BASE_SHAPES, COLORS, HELD_OUT_SHAPES, POSITIONS, SHAPES, SIZES, ShapeSpec, ShapesDataset, caption, parse_prompt,
 )
 from difflab.train.loop import save_pretrained_atomically
-from difflab.train.t2i_config import T2IConfig
+from difflab.train.t2i_config import T2IConfig, VAETrainingConfig
 from difflab.train.tokenizer import ALIASES, build_tokenizer
 
-Phase = Literal["vae", "text", "unet", "all"]
-PHASES = ("vae", "text", "unet", "all")
+Phase = Literal["vae", "decoder", "text", "unet", "all"]
+PHASES = ("vae", "decoder", "text", "unet", "all")
 STATE_NAME = "training_state.safetensors"
 VAE_MODEL = "model"  # out/vae/model: phase 1's AutoencoderKL as a diffusers folder
 ARCHITECTURE_TABLES = ("data", "vae", "text_encoder", "unet", "noise")  # must match when resuming
 # Distinct random streams per phase, so phase 2's step k never repeats phase 1's draws.
-_PHASE_STREAM = {"vae": 1, "unet": 2, "scaling": 3, "text": 4}
+_PHASE_STREAM = {"vae": 1, "unet": 2, "scaling": 3, "text": 4, "decoder": 5}
 
 
 @dataclass(frozen=True)
@@ -313,9 +317,7 @@ def train_vae(config: T2IConfig, out: str | Path, *, resume: bool = False) -> It
         reconstruction = vae.decode(z).sample  # (B, 3, H, W)
 
         # 2. Loss: per-pixel reconstruction + kl_weight * KL per latent element
-        error = (reconstruction - x).abs() if train_config.reconstruction == "l1" else (reconstruction - x).pow(2)
-        weight = 1 + train_config.foreground_weight * foreground_mask(x)  # (B, 1, H, W)
-        reconstruction_loss = (error * weight).sum() / (weight.sum() * x.shape[1])
+        reconstruction_loss = weighted_reconstruction_loss(train_config, reconstruction, x)
         kl = posterior.kl().mean() / z[0].numel()
         loss = reconstruction_loss + train_config.kl_weight * kl
         learning_rate = set_learning_rate(optimizer, state.step, train_config)
@@ -336,6 +338,14 @@ def train_vae(config: T2IConfig, out: str | Path, *, resume: bool = False) -> It
         yield T2IEvent("vae", state.step, train_config.steps, loss.item(), learning_rate, state.seconds, written)
     if not (folder / VAE_MODEL).is_dir():  # resumed after the last step, before the model was saved
         _save_vae_model(config, vae, folder / VAE_MODEL)
+
+
+def weighted_reconstruction_loss(train_config: VAETrainingConfig, reconstruction: torch.Tensor,
+                                 x: torch.Tensor) -> torch.Tensor:
+    """Mean L1 (or squared) error per pixel and channel, a foreground pixel counting 1 + foreground_weight times."""
+    error = (reconstruction - x).abs() if train_config.reconstruction == "l1" else (reconstruction - x).pow(2)
+    weight = 1 + train_config.foreground_weight * foreground_mask(x)  # (B, 1, H, W)
+    return (error * weight).sum() / (weight.sum() * x.shape[1])
 
 
 @torch.no_grad()
@@ -371,6 +381,73 @@ def load_trained_vae(out: str | Path):
     if not (folder / "config.json").is_file():
         raise ValueError(f"no trained VAE in {str(folder)!r}; run the vae phase first (--phase vae or all)")
     return AutoencoderKL.from_pretrained(str(folder)).eval().requires_grad_(False)
+
+
+# --- phase 1b: the decoder alone, on the frozen encoder's latents ---------------------------------------------
+
+DECODER_MODEL = "model"  # out/decoder/model: phase 1's AutoencoderKL with phase 1b's decoder
+
+
+def train_decoder(config: T2IConfig, out: str | Path, *, resume: bool = False) -> Iterator[T2IEvent]:
+    """Train the VAE's decoder (and post_quant_conv) on posterior samples of the frozen encoder, with phase 1's
+    reconstruction loss; saves ``out/decoder/model`` and, where the U-Net phase already wrote ``out/pipeline``,
+    puts it there as the pipeline's VAE. The latents, and so the U-Net, are untouched (see DecoderTrainingConfig)."""
+    out = Path(out)
+    folder = out / "decoder"
+    train_config = config.decoder_training
+    if not train_config.steps:
+        raise ValueError("decoder_training.steps is 0 in this recipe: there is no decoder phase to run")
+    _prepare_out(config, out, resume)
+    _check_fresh(folder, resume)
+    vae = load_trained_vae(out).train()
+    decoder = torch.nn.ModuleDict({"decoder": vae.decoder, "post_quant_conv": vae.post_quant_conv})
+    decoder.requires_grad_(True)
+    optimizer = torch.optim.AdamW(decoder.parameters(), lr=train_config.learning_rate,
+                                  weight_decay=train_config.weight_decay)
+    state = _State({"decoder": decoder}, optimizer)
+    if resume and (folder / STATE_NAME).is_file():
+        _load_state(folder, state)
+    dataset = ShapesDataset(config.data.dataset_size, config.seed, config.data.shapes, config.data.resolution)
+    started = time.perf_counter() - state.seconds
+
+    while state.step < train_config.steps:
+        generator = _generator(config, "decoder", state.step)
+        x, _ = draw_batch(dataset, train_config.batch_size, generator)  # (B, 3, H, W)
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.sample(generator=generator)  # what the U-Net's latents imitate
+        loss = weighted_reconstruction_loss(config.vae_training, vae.decode(z).sample, x)
+        learning_rate = set_learning_rate(optimizer, state.step, train_config)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(decoder.parameters(), train_config.grad_clip)
+        optimizer.step()
+
+        state.step += 1
+        state.seconds = time.perf_counter() - started
+        state.rows.append([state.step, loss.item()])
+        written = None
+        if state.step % train_config.checkpoint_every == 0 or state.step == train_config.steps:
+            _save_state(folder, state, ("step", "loss"))
+            written = folder
+        yield T2IEvent("decoder", state.step, train_config.steps, loss.item(), learning_rate, state.seconds, written)
+    _save_decoder_model(vae, out)
+
+
+def _save_decoder_model(vae, out: Path) -> None:
+    vae.eval()  # scaling_factor is phase 1's: the encoder, whose latents it normalises, did not change
+    save_pretrained_atomically(vae, out / "decoder" / DECODER_MODEL)
+    if (out / "pipeline" / "model_index.json").is_file():
+        save_pretrained_atomically(vae, out / "pipeline" / "vae")
+
+
+def load_pipeline_vae(out: str | Path):
+    """The VAE a run's pipeline ships: phase 1's, with phase 1b's decoder where that phase ran."""
+    from diffusers import AutoencoderKL
+
+    folder = Path(out) / "decoder" / DECODER_MODEL
+    if (folder / "config.json").is_file():
+        return AutoencoderKL.from_pretrained(str(folder)).eval().requires_grad_(False)
+    return load_trained_vae(out)
 
 
 # --- phase 2: the text encoder learns to read captions -------------------------------------------------------
@@ -483,6 +560,7 @@ def train_unet(config: T2IConfig, out: str | Path, *, resume: bool = False) -> I
     _prepare_out(config, out, resume)
     _check_fresh(folder, resume)
     vae = load_trained_vae(out)
+    pipeline_vae = load_pipeline_vae(out)  # the same encoder; phase 1b's decoder where it ran
     scaling_factor = vae.config.scaling_factor
     tokenizer = load_tokenizer(config, out)
     scheduler = noise_scheduler(config)
@@ -547,7 +625,8 @@ def train_unet(config: T2IConfig, out: str | Path, *, resume: bool = False) -> I
         last = state.step == train_config.steps
         if state.step % train_config.checkpoint_every == 0 or last:
             _save_state(folder, state, ("step", "loss"))
-            save_pipeline(out / "pipeline", vae, ema.get("text_encoder", text_encoder), tokenizer, ema["unet"], config)
+            save_pipeline(out / "pipeline", pipeline_vae, ema.get("text_encoder", text_encoder), tokenizer, ema["unet"],
+                          config)
             written = out / "pipeline"
             every = config.eval.every
             if config.eval.num_prompts and (last or (every and state.step % every == 0)):
@@ -557,8 +636,8 @@ def train_unet(config: T2IConfig, out: str | Path, *, resume: bool = False) -> I
 
 
 def train_t2i(config: T2IConfig, out: str | Path, *, phase: Phase = "all", resume: bool = False) -> Iterator[T2IEvent]:
-    """The phases in turn (or one of them); the text phase only where it has steps. With ``resume``, finished
-    VAE and text phases are skipped."""
+    """The phases in turn (or one of them); the decoder and text phases only where they have steps. With
+    ``resume``, finished VAE, decoder and text phases are skipped."""
     if phase not in PHASES:
         raise ValueError(f"phase must be one of {list(PHASES)}; got {phase!r}")
     out = Path(out)
@@ -566,6 +645,10 @@ def train_t2i(config: T2IConfig, out: str | Path, *, phase: Phase = "all", resum
         done = (out / "vae" / VAE_MODEL).is_dir() and _saved_step(out / "vae") >= config.vae_training.steps
         if not (resume and done and phase == "all"):
             yield from train_vae(config, out, resume=resume)
+    if phase == "decoder" or (phase == "all" and config.decoder_training.steps):
+        done = (out / "decoder" / DECODER_MODEL).is_dir() and _saved_step(out / "decoder") >= config.decoder_training.steps
+        if not (resume and done and phase == "all"):
+            yield from train_decoder(config, out, resume=resume)
     if phase == "text" and not config.text_training.steps:
         raise ValueError("text_training.steps is 0 in this recipe: there is no text phase to run")
     if phase == "text" or (phase == "all" and config.text_training.steps):

@@ -1,7 +1,7 @@
 """The recipe of the bundled text-to-image model: one frozen dataclass per component, loaded from TOML.
 
 A config file has one table per dataclass below (``[data]``, ``[vae]``, ``[text_encoder]``, ``[unet]``,
-``[noise]``, ``[vae_training]``, ``[text_training]``, ``[unet_training]``, ``[eval]``) plus a top-level
+``[noise]``, ``[vae_training]``, ``[decoder_training]``, ``[text_training]``, ``[unet_training]``, ``[eval]``) plus a top-level
 ``seed``. A missing field takes its default; an unknown field, a wrong type or a bad value is a ``ValueError``
 that names the field as ``table.field``. ``configs/tiny-shapes.toml`` is the committed recipe.
 """
@@ -174,6 +174,26 @@ class VAETrainingConfig(PhaseConfig):
 
 
 @dataclass(frozen=True)
+class DecoderTrainingConfig(PhaseConfig):
+    """Phase 1b, optional (0 steps = skip): the VAE's decoder alone is trained further on latents of the frozen
+    encoder, with phase 1's reconstruction loss (and foreground weight). The encoder, and so the latent space and
+    scaling_factor the U-Net learns in, stay exactly as they were, so the phase may run before or after the U-Net:
+    Stable Diffusion's sd-vae-ft-mse decoder was made this way, a drop-in replacement for the original VAE's.
+    Why here: phase 1's decoder rounded off what is only a couple of latent pixels wide (small stars' arms, small
+    squares' corners), and the U-Net's images inherited it."""
+
+    steps: int = 0
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    warmup_steps: int = 50
+
+    def __post_init__(self) -> None:
+        _require(self.steps >= 0, f"steps must be >= 0; got {self.steps}")
+        if self.steps:
+            super().__post_init__()
+
+
+@dataclass(frozen=True)
 class TextTrainingConfig(PhaseConfig):
     """Phase 2, before the U-Net: the text encoder learns to read captions (0 steps = skip, start it random).
 
@@ -246,6 +266,7 @@ class T2IConfig:
     unet: UNetConfig = field(default_factory=UNetConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     vae_training: VAETrainingConfig = field(default_factory=VAETrainingConfig)
+    decoder_training: DecoderTrainingConfig = field(default_factory=DecoderTrainingConfig)
     text_training: TextTrainingConfig = field(default_factory=TextTrainingConfig)
     unet_training: UNetTrainingConfig = field(default_factory=UNetTrainingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -276,6 +297,8 @@ class T2IConfig:
         return dataclasses.replace(
             self,
             vae_training=dataclasses.replace(self.vae_training, steps=min(self.vae_training.steps, max_steps)),
+            decoder_training=dataclasses.replace(self.decoder_training,
+                                                 steps=min(self.decoder_training.steps, max_steps)),
             text_training=dataclasses.replace(self.text_training, steps=min(self.text_training.steps, max_steps)),
             unet_training=dataclasses.replace(self.unet_training, steps=min(self.unet_training.steps, max_steps)),
         )
