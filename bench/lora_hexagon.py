@@ -33,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--text-encoder-lora", action="store_true")
+    parser.add_argument("--network", default="attention", help="U-Net layers adapted: attention, transformer, locon")
+    parser.add_argument("--prior", type=int, default=0,
+                        help="prior-preservation images of the old shapes, made by the base model (0 = none)")
+    parser.add_argument("--prior-loss-weight", type=float, default=1.0)
     parser.add_argument("--prompts", type=int, default=100, help="prompts per measurement")
     parser.add_argument("--sample-steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=7.5)
@@ -96,9 +100,13 @@ def lora_config(args, data: Path, trigger: str):
     text_encoder_lora and seed (bench/lora_combine.py trains its style LoRA with the same recipe)."""
     from difflab.train.lora_config import LoraTrainConfig
 
+    prior = getattr(args, "prior_data", None)
     return LoraTrainConfig(base=args.base, data=str(data), trigger=trigger, rank=args.rank,
+                           reg_data=str(prior) if prior else None,
+                           prior_loss_weight=getattr(args, "prior_loss_weight", 1.0),
                            learning_rate=args.lr, steps=args.steps, batch_size=args.batch_size,
-                           text_encoder_lora=args.text_encoder_lora, checkpoint_every=max(1, args.steps // 4),
+                           text_encoder_lora=args.text_encoder_lora,
+                           network=getattr(args, 'network', 'attention'), checkpoint_every=max(1, args.steps // 4),
                            seed=args.seed, warmup_steps=min(20, args.steps // 10))
 
 
@@ -124,6 +132,15 @@ def train_hexagon(args, out: Path) -> dict:
     data = out / "data"
     if not data.is_dir():
         write_shape_set(data, "hexagon", args.images, seed=args.seed)
+    if getattr(args, "prior", 0):
+        from difflab.data.shapes import BASE_SHAPES
+        from difflab.train.prior import write_prior_images
+        from difflab.train.t2i import evaluation_prompts
+
+        # other prompts and seeds than the measured ones (seed + 1000), so the measurement is not of its own data
+        args.prior_data = out / "prior"
+        write_prior_images(args.base, evaluation_prompts(args.prior, args.seed + 1000, shapes=BASE_SHAPES),
+                           args.prior_data, seed=args.seed + 1000, guidance=args.guidance, steps=args.sample_steps)
     return train(lora_config(args, data, "hexagon"), out / "lora")
 
 

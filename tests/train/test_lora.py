@@ -147,6 +147,77 @@ def test_resume_continues_exactly(tiny_sd_folder, hexagons, tmp_path):  # noqa: 
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("network", ["transformer", "locon"])
+def test_wider_networks_load_whole_in_diffusers_from_both_files(network, tiny_sd_folder, hexagons, tmp_path):  # noqa: F811
+    """Reference: peft's forward with the trained adapters in memory. Checked: load_lora_weights of the
+    diffusers file and of the kohya export inject every layer (3x3 convs included for locon) and draw the same."""
+    from diffusers import StableDiffusionPipeline
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from difflab.train.lora import load_base, train_lora
+    from difflab.train.lora_config import UNET_NETWORKS
+
+    config = _config(tiny_sd_folder, hexagons, network=network)
+    out = tmp_path / "lora"
+    events = list(train_lora(config, out, device="cpu"))
+    assert events[-1].checkpoint == out
+    trained_pipe, _ = load_base(config)  # a fresh base: its adapters take the trained weights below
+    from safetensors.torch import load_file
+
+    state = load_file(str(out / "training_state.safetensors"))
+    with torch.no_grad():
+        for name, parameter in trained_pipe.unet.named_parameters():
+            if parameter.requires_grad:
+                parameter.copy_(state[f"lora.unet.{name}"])
+    trained_pipe.unet.eval()
+    expected = _draw(trained_pipe)
+    adapted = {n for n, m in trained_pipe.unet.named_modules() if isinstance(m, BaseTunerLayer)}
+    if network == "locon":
+        assert any(n.endswith("resnets.0.conv1") for n in adapted) and any(n.endswith(".conv") for n in adapted)
+    assert len(adapted) > sum(1 for n in adapted if n.rsplit(".", 1)[-1] in ("to_q", "to_k", "to_v")) * 4 / 3
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_sd_folder))
+    base = _draw(pipe)
+    for folder, name in ((out, "pytorch_lora_weights.safetensors"), (out / "kohya", f"{out.name}.safetensors")):
+        pipe.load_lora_weights(str(folder), weight_name=name)
+        injected = {n for n, m in pipe.unet.named_modules() if isinstance(m, BaseTunerLayer)}
+        assert injected == adapted, (name, sorted(adapted - injected)[:3])
+        image = _draw(pipe)
+        assert np.abs(image - base).max() > 1e-3, "the LoRA changes nothing: the test could not fail"
+        np.testing.assert_allclose(image, expected, atol=1e-5)
+        pipe.unload_lora_weights()
+    assert set(UNET_NETWORKS["attention"]) < set(UNET_NETWORKS[network])
+
+
+def test_prior_preservation_adds_the_reg_batch_and_weight_zero_is_the_plain_run(tiny_sd_folder, hexagons,  # noqa: F811
+                                                                                 tmp_path):
+    from safetensors.torch import load_file
+
+    from difflab.data.captioned_folder import write_shape_set
+    from difflab.train.prior import write_prior_images
+
+    prompts = ["a red circle on the left, blue background", "a green square at the top, white background"]
+    reg = tmp_path / "reg"
+    written = write_prior_images(str(tiny_sd_folder), prompts, reg, steps=2)
+    assert [p.name for p in written] == ["0000.png", "0001.png"]
+    assert (reg / "0001.txt").read_text().strip() == prompts[1]
+    before = (reg / "0000.png").stat().st_mtime_ns
+    write_prior_images(str(tiny_sd_folder), prompts, reg, steps=2)  # already there: kept
+    assert (reg / "0000.png").stat().st_mtime_ns == before
+
+    plain = _train(_config(tiny_sd_folder, hexagons), tmp_path / "plain")
+    zero = _train(_config(tiny_sd_folder, hexagons, reg_data=str(reg), prior_loss_weight=0.0), tmp_path / "zero")
+    prior = _train(_config(tiny_sd_folder, hexagons, reg_data=str(reg)), tmp_path / "prior")
+    assert [e.loss for e in zero] == pytest.approx([e.loss for e in plain], rel=1e-6)
+    a, b = (load_file(str(tmp_path / run / "pytorch_lora_weights.safetensors")) for run in ("plain", "zero"))
+    assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-7) for k in a)
+    assert prior[0].loss > plain[0].loss  # the same data batch plus the reg batch's (positive) loss
+    other = tmp_path / "other"
+    write_shape_set(other, "circle", n=2, seed=1)
+    with pytest.raises(ValueError, match="reg_data differs"):
+        _train(_config(tiny_sd_folder, hexagons, reg_data=str(other)), tmp_path / "prior", resume=True)
+
+
 def test_an_existing_run_needs_resume_and_the_same_settings(tiny_sd_folder, hexagons, tmp_path):  # noqa: F811
     _train(_config(tiny_sd_folder, hexagons, steps=2), tmp_path)
     with pytest.raises(ValueError, match="--resume"):
@@ -161,6 +232,8 @@ def test_an_existing_run_needs_resume_and_the_same_settings(tiny_sd_folder, hexa
     ("learning_rate", -1.0, "learning_rate must be"),
     ("mixed_precision", "fp8", "mixed_precision must be one of"),
     ("caption_template", "no placeholder", "caption_template must contain"),
+    ("network", "everything", "network must be one of"),
+    ("prior_loss_weight", -1.0, "prior_loss_weight must be"),
 ])
 def test_bad_settings_name_the_field(field, value, message, tmp_path):
     with pytest.raises(ValueError, match=message):

@@ -16,7 +16,7 @@ def t2i(
     config: Path = typer.Option(Path("configs/tiny-shapes.toml"), "--config", "-c", help="TOML recipe."),
     out: Path = typer.Option(Path("runs/tiny-shapes"), "--out", "-o", help="Run folder: checkpoints, curves, pipeline/."),
     resume: bool = typer.Option(False, help="Continue from the training state in --out."),
-    phase: str = typer.Option("all", help="vae, text, unet, or all (vae, text, then unet)."),
+    phase: str = typer.Option("all", help="vae, decoder, text, unet, or all (vae, decoder, text, then unet; decoder and text where the recipe gives them steps)."),
     max_steps: Optional[int] = typer.Option(None, min=1, help="Cap every phase at this many steps (quick trials)."),
 ) -> None:
     """Train the text-to-image model: AutoencoderKL, then U-Net + text encoder; writes a diffusers pipeline folder."""
@@ -61,6 +61,11 @@ def lora(
     steps: int = typer.Option(500, help="Optimizer steps."),
     batch_size: int = typer.Option(8, help="Images per step."),
     text_encoder_lora: bool = typer.Option(False, help="Also train a LoRA on the text encoder's attention."),
+    reg_data: Optional[Path] = typer.Option(None, help="Prior preservation: folder of captioned images the model "
+                                            "should keep drawing (e.g. made by the base model); one batch a step."),
+    prior_loss_weight: float = typer.Option(1.0, min=0.0, help="Weight of the --reg-data batch's loss."),
+    network: str = typer.Option("attention", help="U-Net layers adapted: attention (diffusers' example), transformer "
+                                "(+ projections and feed-forward, kohya's LoRA) or locon (+ ResNet 3x3 convs)."),
     validate_every: int = typer.Option(0, help="Write validation images every N steps (0: never)."),
     validation_prompt: list[str] = typer.Option([], "--validation-prompt", help="Repeatable [default: the first "
                                                 "4 captions]."),
@@ -81,11 +86,15 @@ def lora(
 
         if not data.is_dir():
             fail(f"--data {str(data)!r} is not a folder")
+        if reg_data is not None and not reg_data.is_dir():
+            fail(f"--reg-data {str(reg_data)!r} is not a folder")
         config = LoraTrainConfig(
             base=base, data=str(data), trigger=trigger, caption_template=caption_template, rank=rank, alpha=alpha,
             learning_rate=lr, text_encoder_learning_rate=text_encoder_lr, warmup_steps=warmup_steps, steps=steps,
-            batch_size=batch_size, text_encoder_lora=text_encoder_lora, validate_every=validate_every,
-            validation_prompts=tuple(validation_prompt), checkpoint_every=checkpoint_every, seed=seed,
+            batch_size=batch_size, text_encoder_lora=text_encoder_lora, network=network,
+            reg_data=str(reg_data) if reg_data else None, prior_loss_weight=prior_loss_weight,
+            validate_every=validate_every, validation_prompts=tuple(validation_prompt),
+            checkpoint_every=checkpoint_every, seed=seed,
             mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing, resolution=resolution,
         )
         with progress_bar("lora") as progress:

@@ -38,7 +38,7 @@ import torch
 
 from difflab.core.checkpoint import atomic_save_safetensors, atomic_write_bytes
 from difflab.core.train import set_learning_rate, step_generator
-from difflab.train.lora_config import TEXT_ENCODER_TARGETS, UNET_TARGETS, LoraTrainConfig
+from difflab.train.lora_config import TEXT_ENCODER_TARGETS, UNET_NETWORKS, LoraTrainConfig
 from difflab.train.loop import (
     RECORD_NAME, STATE_NAME, Run, check_out, encode_posteriors, load_state, save_state,
 )
@@ -81,7 +81,7 @@ def load_base(config: LoraTrainConfig, device: str = "cpu"):
     for part in (pipe.vae, pipe.text_encoder, pipe.unet):
         part.requires_grad_(False).eval()
     torch.manual_seed(config.seed)  # the LoRA A matrices' initialisation
-    pipe.unet.add_adapter(_lora_config(config, UNET_TARGETS))
+    pipe.unet.add_adapter(_lora_config(config, UNET_NETWORKS[config.network]))
     if config.text_encoder_lora:
         pipe.text_encoder.add_adapter(_lora_config(config, TEXT_ENCODER_TARGETS))
     if config.gradient_checkpointing:
@@ -116,10 +116,11 @@ class _Cache:
 
 
 @torch.no_grad()
-def _cache_data(pipe, config: LoraTrainConfig, resolution: int, device: str) -> _Cache:
+def _cache_data(pipe, config: LoraTrainConfig, resolution: int, device: str, folder: Optional[str] = None) -> _Cache:
     from difflab.data.captioned_folder import load_captioned_folder
 
-    data = load_captioned_folder(config.data, resolution, config.trigger, config.caption_template)
+    folder = folder or config.data
+    data = load_captioned_folder(folder, resolution, config.trigger, config.caption_template)
     cache = _Cache(*encode_posteriors(pipe.vae, data.pixels, device, chunk=16), data.captions)
     if not config.text_encoder_lora:  # a frozen text encoder gives the same embedding every step
         cache.embeddings = _encode(pipe, list(data.captions))
@@ -151,6 +152,7 @@ def train_lora(config: LoraTrainConfig, out: str | Path, *, resume: bool = False
     resolution = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)  # the base's training noise schedule
     cache = _cache_data(pipe, config, resolution, device)
+    prior = _cache_data(pipe, config, resolution, device, config.reg_data) if config.reg_data else None
 
     # 1. AdamW over the LoRA weights only; the text encoder's may get its own rate
     params = trainable(pipe, config)
@@ -173,23 +175,11 @@ def train_lora(config: LoraTrainConfig, out: str | Path, *, resume: bool = False
         # 2. This step's images, posterior samples, timesteps and noise, all from this step's generator
         generator = step_generator(config.seed, run.step)
         torch.manual_seed(config.seed * 1_000_003 + run.step)  # anything drawing from the global stream
-        index = torch.randint(0, len(cache.captions), (config.batch_size,), generator=generator)
-        latent_noise = torch.randn(cache.mean[index].shape, generator=generator)
-        z_0 = cache.mean[index] + cache.std[index] * latent_noise.to(device)  # (B, C, h, w)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (config.batch_size,), generator=generator)
-        eps = torch.randn(z_0.shape, generator=generator).to(device)
-        t = t.to(device)
-
-        # 3. Denoising loss through the LoRA-adapted networks
         with autocast:
-            z_t = scheduler.add_noise(z_0, eps, t)
-            target = eps if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(z_0, eps, t)
-            if cache.embeddings is not None:
-                text = cache.embeddings[index]
-            else:
-                text = _encode(pipe, [cache.captions[i] for i in index.tolist()])  # (B, L, D)
-            prediction = pipe.unet(z_t, t, encoder_hidden_states=text).sample  # (B, C, h, w)
-            loss = (prediction.float() - target.float()).pow(2).mean()
+            loss = _denoising_loss(pipe, scheduler, cache, config.batch_size, generator, device)
+            if prior is not None:  # drawn after the data's batch, so runs without reg_data keep their draws
+                loss = loss + config.prior_loss_weight * _denoising_loss(pipe, scheduler, prior, config.batch_size,
+                                                                         generator, device)
         learning_rate = set_learning_rate(optimizer, run.step, config)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -214,6 +204,26 @@ def train_lora(config: LoraTrainConfig, out: str | Path, *, resume: bool = False
             if config.text_encoder_lora:
                 pipe.text_encoder.train()
         yield LoraEvent(run.step, config.steps, loss.item(), learning_rate, run.seconds, written, validation)
+
+
+def _denoising_loss(pipe, scheduler, cache: _Cache, batch_size: int, generator: torch.Generator,
+                    device: str) -> torch.Tensor:
+    """The base model's loss on a batch of ``cache`` (images, posterior samples, timesteps, noise drawn from
+    ``generator``), through the LoRA-adapted networks."""
+    index = torch.randint(0, len(cache.captions), (batch_size,), generator=generator)
+    latent_noise = torch.randn(cache.mean[index].shape, generator=generator)
+    z_0 = cache.mean[index] + cache.std[index] * latent_noise.to(device)  # (B, C, h, w)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
+    eps = torch.randn(z_0.shape, generator=generator).to(device)
+    t = t.to(device)
+    z_t = scheduler.add_noise(z_0, eps, t)
+    target = eps if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(z_0, eps, t)
+    if cache.embeddings is not None:
+        text = cache.embeddings[index]
+    else:
+        text = _encode(pipe, [cache.captions[i] for i in index.tolist()])  # (B, L, D)
+    prediction = pipe.unet(z_t, t, encoder_hidden_states=text).sample  # (B, C, h, w)
+    return (prediction.float() - target.float()).pow(2).mean()
 
 
 def _precision(config: LoraTrainConfig, device: str):
@@ -259,7 +269,11 @@ def save_lora(pipe, config: LoraTrainConfig, out: Path, model=None, run: Optiona
     # 1. diffusers format, exactly as the diffusers example saves it, plus the LoraConfig as metadata so that
     #    alpha != rank survives the trip (without it diffusers assumes alpha = rank)
     metadata = {"unet_lora_adapter_metadata": _adapter_metadata(pipe.unet)}
-    layers = {"unet_lora_layers": convert_state_dict_to_diffusers(dicts["unet"])}
+    # The example's conversion renames attention layers only (to_q.lora_A -> to_q.lora.down); in a file that
+    # mixes both spellings load_lora_weights reads the peft ones and drops the rest, so wider networks keep
+    # peft's names throughout, which load_lora_weights reads as they are.
+    unet = dicts["unet"] if config.network != "attention" else convert_state_dict_to_diffusers(dicts["unet"])
+    layers = {"unet_lora_layers": unet}
     if "text_encoder" in dicts:
         layers["text_encoder_lora_layers"] = convert_state_dict_to_diffusers(dicts["text_encoder"])
         metadata["text_encoder_lora_adapter_metadata"] = _adapter_metadata(pipe.text_encoder)

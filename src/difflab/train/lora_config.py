@@ -11,6 +11,14 @@ MIXED_PRECISIONS = ("no", "fp16", "bf16")
 # diffusers' examples/text_to_image/train_text_to_image_lora.py targets these four projections of every
 # attention block (self- and cross-attention); the text encoder's CLIP attention names them differently.
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+# Wider networks, in kohya-ss/sd-scripts' terms: its plain LoRA adapts every Linear and 1x1 conv of the transformer
+# blocks (projections in and out, the feed-forward), and LoCon (LyCORIS; sd-scripts' conv_dim) also the 3x3 convs
+# of the ResNet blocks and the down/up samplers, where outlines and corners are drawn.
+UNET_NETWORKS: dict[str, tuple[str, ...]] = {
+    "attention": UNET_TARGETS,
+    "transformer": UNET_TARGETS + ("proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"),
+}
+UNET_NETWORKS["locon"] = UNET_NETWORKS["transformer"] + ("conv1", "conv2", "conv_shortcut", "conv")
 TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 
@@ -35,6 +43,12 @@ class LoraTrainConfig:
     weight_decay: float = 1e-2  # AdamW's decoupled decay, as diffusers' example
     grad_clip: float = 1.0
     text_encoder_lora: bool = False  # also train LoRA on the text encoder's attention (q/k/v/out projections)
+    network: str = "attention"  # which U-Net layers get adapters: a key of UNET_NETWORKS
+    # DreamBooth's prior preservation (Ruiz et al. 2022; kohya's reg_data_dir): a folder of captioned images of
+    # what the model should keep drawing, typically made by the base model itself. Each step adds a batch of
+    # them, and loss = loss(data) + prior_loss_weight * loss(reg_data).
+    reg_data: Optional[str] = None
+    prior_loss_weight: float = 1.0
     checkpoint_every: int = 100  # steps between training-state checkpoints (and LoRA files) on disk
     validate_every: int = 0  # steps between validation grids; 0 = only at the end when prompts are given
     validation_prompts: tuple[str, ...] = ()  # () = the first 4 distinct captions of the data
@@ -50,6 +64,10 @@ class LoraTrainConfig:
                  f"trigger must be one word; got {self.trigger!r}")
         _require("{trigger}" in self.caption_template,
                  f"caption_template must contain {{trigger}}; got {self.caption_template!r}")
+        _require(self.network in UNET_NETWORKS,
+                 f"network must be one of {list(UNET_NETWORKS)}; got {self.network!r}")
+        _require(math.isfinite(self.prior_loss_weight) and self.prior_loss_weight >= 0,
+                 f"prior_loss_weight must be >= 0; got {self.prior_loss_weight}")
         _require(1 <= self.rank <= 1024, f"rank must be between 1 and 1024; got {self.rank}")
         _require(self.alpha is None or (math.isfinite(self.alpha) and self.alpha > 0),
                  f"alpha must be a positive number; got {self.alpha}")
@@ -78,5 +96,5 @@ class LoraTrainConfig:
         return asdict(self)
 
     # what must match between a run and its --resume: anything that changes the weights' shapes or the draws
-    RESUME_FIELDS = ("base", "data", "trigger", "caption_template", "rank", "alpha", "text_encoder_lora", "seed",
-                     "batch_size", "resolution")
+    RESUME_FIELDS = ("base", "data", "trigger", "caption_template", "rank", "alpha", "text_encoder_lora", "network",
+                     "reg_data", "seed", "batch_size", "resolution")
