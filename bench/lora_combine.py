@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 QUICK = {"images": 4, "style_images": 4, "prompts": 1, "sample_steps": 4}  # --quick: what is not given
-DEFAULTS = {"images": 20, "style_images": 30, "prompts": 2, "sample_steps": 20}
+DEFAULTS = {"images": 20, "style_images": 30, "prompts": 4, "sample_steps": 20}
 SHOWN_PER_CELL = 4  # images of a cell in the grid (all of them are measured)
 
 
@@ -49,11 +49,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="a trained hexagon LoRA (folder or .safetensors); default: train it into OUT/hexagon")
     parser.add_argument("--images", type=int, default=None, help="hexagon training images [20; quick 4]")
     parser.add_argument("--style-images", type=int, default=None, help="style training images [30; quick 4]")
-    parser.add_argument("--steps", type=int, default=400, help="training steps of each LoRA")
+    parser.add_argument("--steps", type=int, default=800, help="training steps of each LoRA")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--text-encoder-lora", action="store_true")
+    parser.add_argument("--network", default="locon", help="U-Net layers adapted: attention, transformer, locon")
     parser.add_argument("--hexagon-weights", type=_weights, default=(0.0, 0.5, 1.0), help="grid rows, e.g. 0,0.5,1")
     parser.add_argument("--style-weights", type=_weights, default=(0.0, 0.5, 1.0), help="grid columns")
     parser.add_argument("--prompts", type=int, default=None, help="hexagon prompts per cell [2; quick 1]")

@@ -1,11 +1,14 @@
 """Benchmark (issue 4): teach the held-out shape (hexagon) to the bundled model with a LoRA, and measure it.
 
 1. 20 hexagon renders with full captions (``difflab lora make-dataset``'s helper); the trigger word is
-   "hexagon" itself, a word the base model's tokenizer has but that base training never showed it.
-2. ``train_lora`` on the base model (the issue's budget: <= 15 minutes on 2 CPU cores).
-3. The adherence analyzer (difflab.eval.adherence) reads the shape off generated 64x64 images:
+   "hexagon" itself, a word the base model's tokenizer has but that base training never showed it. With
+   ``--prior N``, N prior-preservation images of the old shapes, drawn by the base model (train/prior.py).
+2. ``train_lora`` on the base model (the issue's budget: <= 15 minutes on 2 CPU cores); ``--network`` picks the
+   adapted layers (attention, transformer, locon).
+3. Images through the engine, as ``difflab generate --lora`` draws them (the preset's guidance interval unless
+   ``--guidance-end``), read back by the adherence analyzer (difflab.eval.adherence):
    - hexagon prompts, base model (the baseline, measured in the same run): issue target <= 10% hexagons;
-   - hexagon prompts, with the LoRA: target >= 70%;
+   - hexagon prompts, with the LoRA: target >= 70% (also split by size);
    - old-shape prompts (circle/square/triangle/star), with the LoRA: target >= 85% shape accuracy, beside the
      base model's own accuracy on the same prompts and seeds.
 4. A before/after grid (row 1: base, row 2: LoRA; hexagon prompts then old-shape prompts) and results.json.
@@ -28,29 +31,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", default="tiny-shapes", help="base model (preset or diffusers folder)")
     parser.add_argument("--out", type=Path, default=Path("runs/lora-hexagon"))
     parser.add_argument("--images", type=int, default=20, help="training images (issue: at most 20)")
-    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--text-encoder-lora", action="store_true")
-    parser.add_argument("--network", default="attention", help="U-Net layers adapted: attention, transformer, locon")
-    parser.add_argument("--prior", type=int, default=0,
+    parser.add_argument("--network", default="locon", help="U-Net layers adapted: attention, transformer, locon")
+    parser.add_argument("--prior", type=int, default=64,
                         help="prior-preservation images of the old shapes, made by the base model (0 = none)")
     parser.add_argument("--prior-loss-weight", type=float, default=1.0)
     parser.add_argument("--prompts", type=int, default=100, help="prompts per measurement")
     parser.add_argument("--sample-steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=7.5)
+    parser.add_argument("--guidance-end", type=float, default=None, help="guidance interval [the preset's]")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="smoke run: no time budget verdict")
     args = parser.parse_args(argv)
 
     import torch
-    from diffusers import StableDiffusionPipeline
 
     from difflab.data.shapes import BASE_SHAPES
-    from difflab.engine.lora import applied_loras, resolve_lora
-    from difflab.engine.registry import resolve_model
-    from difflab.train.t2i import evaluate_pipeline, evaluation_prompts
+    from difflab.engine.pipeline import PipelineCache
+    from difflab.eval import t2i
+    from difflab.eval.adherence import score
+    from difflab.train.t2i import evaluation_prompts
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     out = args.out
@@ -59,18 +63,34 @@ def main(argv: list[str] | None = None) -> int:
     record = train_hexagon(args, out)
     train_seconds = record["seconds"]
 
-    # 2. measure: the same prompts and seeds with and without the LoRA, on one pipeline
-    pipe = StableDiffusionPipeline.from_pretrained(str(resolve_model(args.base).path))
+    # 2. measure through the engine, as `difflab generate --lora` draws (the preset's guidance interval unless
+    #    --guidance-end): the same prompts and seeds with and without the LoRA, one pipeline cache
+    cache = PipelineCache()
     hexagon_prompts = evaluation_prompts(args.prompts, args.seed, shapes=("hexagon",))
     old_prompts = evaluation_prompts(args.prompts, args.seed, shapes=BASE_SHAPES)
-    measure = lambda prompts: evaluate_pipeline(pipe, prompts, args.seed, args.guidance, args.sample_steps)  # noqa: E731
-    base_hexagon, base_old = measure(hexagon_prompts), measure(old_prompts)
-    lora = resolve_lora(str(out / "lora"))
-    with applied_loras(pipe, [lora]):
-        lora_hexagon, lora_old = measure(hexagon_prompts), measure(old_prompts)
+    lora = str((out / "lora").resolve())
+    extra = {} if args.guidance_end is None else {"guidance_end": args.guidance_end}
+
+    def measure(prompts: list[str], loras: list[str]):
+        images = []
+        for j, prompt in enumerate(prompts):
+            images += t2i.generate([prompt], model=args.base, seed=args.seed + j, cache=cache, guidance=args.guidance,
+                                   steps=args.sample_steps, loras=loras, **extra)[0]
+        return score(images, prompts), images
+
+    def by_size(prompts: list[str], images: list, size: str) -> float:
+        chosen = [i for i, prompt in enumerate(prompts) if f" {size} " in f" {prompt} "]
+        return score([images[i] for i in chosen], [prompts[i] for i in chosen]).accuracy["shape"]
+
+    (base_hexagon, base_hexagon_images), (base_old, base_old_images) = (measure(hexagon_prompts, []),
+                                                                        measure(old_prompts, []))
+    (lora_hexagon, lora_hexagon_images), (lora_old, lora_old_images) = (measure(hexagon_prompts, [lora]),
+                                                                        measure(old_prompts, [lora]))
     rows = {
         "hexagon prompts, base (target <= 10%)": base_hexagon.accuracy["shape"],
         "hexagon prompts, LoRA (target >= 70%)": lora_hexagon.accuracy["shape"],
+        "  large hexagons, LoRA": by_size(hexagon_prompts, lora_hexagon_images, "large"),
+        "  small hexagons, LoRA": by_size(hexagon_prompts, lora_hexagon_images, "small"),
         "old-shape prompts, base": base_old.accuracy["shape"],
         "old-shape prompts, LoRA (target >= 85%)": lora_old.accuracy["shape"],
     }
@@ -80,8 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'LoRA training time (target <= 900 s)':<44}{train_seconds:>15.0f}s")
     print("\nwith the LoRA, hexagon prompts:\n" + lora_hexagon.table())
 
-    # 3. before/after grid: base row, LoRA row
-    _write_grid(pipe, lora, hexagon_prompts[:6] + old_prompts[:4], args, out / "before_after.png")
+    # 3. before/after grid: base row, LoRA row (the first 6 hexagon and 4 old-shape prompts, as measured)
+    from difflab.viz.grid import make_grid
+
+    shown = base_hexagon_images[:6] + base_old_images[:4] + lora_hexagon_images[:6] + lora_old_images[:4]
+    make_grid(shown, columns=10, scale=2).save(out / "before_after.png")
     verdict = {
         "base_hexagon_at_most_10": rows["hexagon prompts, base (target <= 10%)"] <= 0.10,
         "lora_hexagon_at_least_70": rows["hexagon prompts, LoRA (target >= 70%)"] >= 0.70,
@@ -142,24 +165,6 @@ def train_hexagon(args, out: Path) -> dict:
         write_prior_images(args.base, evaluation_prompts(args.prior, args.seed + 1000, shapes=BASE_SHAPES),
                            args.prior_data, seed=args.seed + 1000, guidance=args.guidance, steps=args.sample_steps)
     return train(lora_config(args, data, "hexagon"), out / "lora")
-
-
-def _write_grid(pipe, lora, prompts: list[str], args, path: Path) -> None:
-    import torch
-
-    from difflab.engine.lora import applied_loras
-    from difflab.viz.grid import make_grid
-
-    def draw():
-        generators = [torch.Generator().manual_seed(args.seed + i) for i in range(len(prompts))]
-        with torch.no_grad():
-            return pipe(prompts, num_inference_steps=args.sample_steps, guidance_scale=args.guidance,
-                        generator=generators).images
-
-    before = draw()
-    with applied_loras(pipe, [lora]):
-        after = draw()
-    make_grid(before + after, columns=len(prompts), scale=2).save(path)
 
 
 if __name__ == "__main__":
