@@ -220,3 +220,17 @@ def test_foreground_mask_marks_the_shape_not_the_background():
     assert mask.shape == (64, 64) and not mask[0].any() and not mask[:, -1].any()  # the border is background
     assert mask[exactly_red].all()  # every pixel of the shape's own colour is foreground
     assert 0.8 * exactly_red.sum() <= mask.sum() <= 1.3 * exactly_red.sum()  # plus only its anti-aliased rim
+
+
+def test_latent_weighted_mse_counts_the_shapes_latent_pixels_more():
+    from difflab.train.t2i import latent_weighted_mse
+
+    x = -torch.ones(1, 3, 64, 64)
+    x[:, :, 17:23, 40:44] = 1.0  # a shape over pixel rows 17-22, columns 40-43: latent rows 4-5, column 10
+    prediction, target = torch.zeros(1, 4, 16, 16), torch.zeros(1, 4, 16, 16)
+    target[:, :, 4, 10] = 2.0  # an error of 2 under the shape
+    target[:, :, 0, 0] = 1.0  # and of 1 in the background
+    assert latent_weighted_mse(prediction, target, x, 0.0).item() == pytest.approx((4 * 4 + 4 * 1) / (4 * 256))
+    # weights: 1 + 3 on the 2 foreground latent pixels, 1 elsewhere -> sum of weights per channel 256 + 2 * 3
+    expected = (4 * 4 * 4 + 4 * 1) / (4 * (256 + 2 * 3))
+    assert latent_weighted_mse(prediction, target, x, 3.0).item() == pytest.approx(expected)

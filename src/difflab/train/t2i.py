@@ -348,6 +348,17 @@ def weighted_reconstruction_loss(train_config: VAETrainingConfig, reconstruction
     return (error * weight).sum() / (weight.sum() * x.shape[1])
 
 
+def latent_weighted_mse(prediction: torch.Tensor, target: torch.Tensor, x: torch.Tensor,
+                        foreground_weight: float) -> torch.Tensor:
+    """Mean squared error over latents, a latent pixel under the shape of image ``x`` counting 1 + weight times
+    (the mask max-pooled to the latent grid, so a latent pixel the outline touches counts as foreground)."""
+    if not foreground_weight:
+        return (prediction - target).pow(2).mean()
+    mask = torch.nn.functional.adaptive_max_pool2d(foreground_mask(x), prediction.shape[-2:])  # (B, 1, h, w)
+    weight = 1 + foreground_weight * mask
+    return ((prediction - target).pow(2) * weight).sum() / (weight.sum() * prediction.shape[1])
+
+
 @torch.no_grad()
 def foreground_mask(x: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:
     """(B, 1, H, W) 1.0 where a pixel's colour differs from its image's median border colour (the background)."""
@@ -606,7 +617,7 @@ def train_unet(config: T2IConfig, out: str | Path, *, resume: bool = False) -> I
         with torch.set_grad_enabled(text_rate != 0):
             text = encode_prompts(tokenizer, text_encoder, captions)  # (B, L, D)
         prediction = unet(z_t, t, encoder_hidden_states=text).sample  # (B, C, h, w)
-        loss = (prediction - target).pow(2).mean()
+        loss = latent_weighted_mse(prediction, target, x, train_config.foreground_weight)
         learning_rate = set_learning_rate(optimizer, state.step, train_config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -232,9 +232,14 @@ class UNetTrainingConfig(PhaseConfig):
     # Chance that a word with a prompt alias ("centre" -> "center"/"middle", "small" -> "tiny", "large" -> "big")
     # is swapped for one, so the text encoder learns the aliases the prompt parser accepts.
     alias_probability: float = 0.15
+    # Extra weight of the denoising loss on latent pixels under the shape (the image's foreground mask, max-pooled to
+    # the latent grid), as phase 1's foreground_weight: a small shape is ~2% of the picture, so the plain mean is
+    # nearly all background and the outline of a small star barely moves it. 0 = the plain mean.
+    foreground_weight: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _require(self.foreground_weight >= 0, f"foreground_weight must be >= 0; got {self.foreground_weight}")
         _require(self.text_encoder_learning_rate is None or self.text_encoder_learning_rate >= 0,
                  f"text_encoder_learning_rate must be >= 0 or absent; got {self.text_encoder_learning_rate}")
         _require(0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1); got {self.ema_decay}")
