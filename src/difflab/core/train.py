@@ -96,6 +96,17 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, step: int, config) -> fl
     return learning_rate
 
 
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, parameters, step: int, config) -> float:
+    """One AdamW step at step ``step``'s rate (``set_learning_rate``): gradients of ``loss`` clipped to a global
+    norm of ``config.grad_clip`` over ``parameters``. Returns the (unscaled) rate used."""
+    learning_rate = set_learning_rate(optimizer, step, config)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
+    optimizer.step()
+    return learning_rate
+
+
 @torch.no_grad()
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     for ema_param, param in zip(ema.parameters(), model.parameters()):
@@ -152,11 +163,7 @@ def train(
         x_t = q_sample(schedule, x_0, t, eps)
         output = state.model(x_t, t.float(), labels if conditional else None)
         loss = diffusion_loss(schedule, config.prediction, output, x_0, t, eps, min_snr_gamma=config.min_snr_gamma)
-        learning_rate = set_learning_rate(state.optimizer, state.step, config)
-        state.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(state.model.parameters(), config.grad_clip)
-        state.optimizer.step()
+        learning_rate = optimizer_step(state.optimizer, loss, state.model.parameters(), state.step, config)
 
         # 3. EMA, with a warm-up so early weights do not linger (decay = min(d, (1 + k) / (10 + k)))
         update_ema(state.ema, state.model, min(config.ema_decay, (1 + state.step) / (10 + state.step)))

@@ -35,7 +35,7 @@ from typing import Iterator, Optional
 import torch
 
 from difflab.core.checkpoint import atomic_write_bytes
-from difflab.core.train import set_learning_rate, step_generator
+from difflab.core.train import optimizer_step, step_generator
 from difflab.train.controlnet_config import ControlNetTrainConfig
 from difflab.train.loop import (
     RECORD_NAME, STATE_NAME, Run, check_out, encode_posteriors, load_state, save_pretrained_atomically, save_state,
@@ -187,11 +187,7 @@ def train_controlnet(config: ControlNetTrainConfig, out: str | Path, *, resume: 
         prediction = pipe.unet(z_t, t, encoder_hidden_states=text, down_block_additional_residuals=down,
                                mid_block_additional_residual=middle).sample  # (B, C, h, w)
         loss = (prediction.float() - target.float()).pow(2).mean()
-        learning_rate = set_learning_rate(optimizer, run.step, config)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params.values(), config.grad_clip)
-        optimizer.step()
+        learning_rate = optimizer_step(optimizer, loss, params.values(), run.step, config)
 
         # 4. Bookkeeping, checkpoints and validation images
         run.step += 1

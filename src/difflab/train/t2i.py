@@ -63,7 +63,7 @@ from difflab.core.checkpoint import (
     read_safetensors_with_metadata,
     restore_optimizer,
 )
-from difflab.core.train import set_learning_rate, update_ema
+from difflab.core.train import optimizer_step, update_ema
 from difflab.data.shapes import (
     BASE_SHAPES, COLORS, HELD_OUT_SHAPES, POSITIONS, SHAPES, SIZES, ShapeSpec, ShapesDataset, caption, parse_prompt,
 )
@@ -320,11 +320,7 @@ def train_vae(config: T2IConfig, out: str | Path, *, resume: bool = False) -> It
         reconstruction_loss = weighted_reconstruction_loss(train_config, reconstruction, x)
         kl = posterior.kl().mean() / z[0].numel()
         loss = reconstruction_loss + train_config.kl_weight * kl
-        learning_rate = set_learning_rate(optimizer, state.step, train_config)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), train_config.grad_clip)
-        optimizer.step()
+        learning_rate = optimizer_step(optimizer, loss, vae.parameters(), state.step, train_config)
 
         state.step += 1
         state.seconds = time.perf_counter() - started
@@ -427,11 +423,7 @@ def train_decoder(config: T2IConfig, out: str | Path, *, resume: bool = False) -
         with torch.no_grad():
             z = vae.encode(x).latent_dist.sample(generator=generator)  # what the U-Net's latents imitate
         loss = weighted_reconstruction_loss(config.vae_training, vae.decode(z).sample, x)
-        learning_rate = set_learning_rate(optimizer, state.step, train_config)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(decoder.parameters(), train_config.grad_clip)
-        optimizer.step()
+        learning_rate = optimizer_step(optimizer, loss, decoder.parameters(), state.step, train_config)
 
         state.step += 1
         state.seconds = time.perf_counter() - started
@@ -531,11 +523,8 @@ def train_text_encoder(config: T2IConfig, out: str | Path, *, resume: bool = Fal
         # 2. Read every field back from the embeddings the U-Net will attend to
         loss, read = caption_reading_loss(encode_prompts(tokenizer, text_encoder, captions), heads,
                                           caption_labels(captions))
-        learning_rate = set_learning_rate(optimizer, state.step, train_config)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([*text_encoder.parameters(), *heads.parameters()], train_config.grad_clip)
-        optimizer.step()
+        learning_rate = optimizer_step(optimizer, loss, [*text_encoder.parameters(), *heads.parameters()], state.step,
+                                       train_config)
 
         state.step += 1
         state.seconds = time.perf_counter() - started
@@ -570,8 +559,7 @@ def train_unet(config: T2IConfig, out: str | Path, *, resume: bool = False) -> I
     train_config = config.unet_training
     _prepare_out(config, out, resume)
     _check_fresh(folder, resume)
-    vae = load_trained_vae(out)
-    pipeline_vae = load_pipeline_vae(out)  # the same encoder; phase 1b's decoder where it ran
+    vae = load_pipeline_vae(out)  # phase 1's encoder either way; phase 1b's decoder, where it ran, is what ships
     scaling_factor = vae.config.scaling_factor
     tokenizer = load_tokenizer(config, out)
     scheduler = noise_scheduler(config)
@@ -618,11 +606,7 @@ def train_unet(config: T2IConfig, out: str | Path, *, resume: bool = False) -> I
             text = encode_prompts(tokenizer, text_encoder, captions)  # (B, L, D)
         prediction = unet(z_t, t, encoder_hidden_states=text).sample  # (B, C, h, w)
         loss = latent_weighted_mse(prediction, target, x, train_config.foreground_weight)
-        learning_rate = set_learning_rate(optimizer, state.step, train_config)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, train_config.grad_clip)
-        optimizer.step()
+        learning_rate = optimizer_step(optimizer, loss, parameters, state.step, train_config)
 
         # 4. EMA with warm-up (decay = min(d, (1 + k) / (10 + k))), then bookkeeping
         decay = min(train_config.ema_decay, (1 + state.step) / (10 + state.step))
@@ -636,8 +620,7 @@ def train_unet(config: T2IConfig, out: str | Path, *, resume: bool = False) -> I
         last = state.step == train_config.steps
         if state.step % train_config.checkpoint_every == 0 or last:
             _save_state(folder, state, ("step", "loss"))
-            save_pipeline(out / "pipeline", pipeline_vae, ema.get("text_encoder", text_encoder), tokenizer, ema["unet"],
-                          config)
+            save_pipeline(out / "pipeline", vae, ema.get("text_encoder", text_encoder), tokenizer, ema["unet"], config)
             written = out / "pipeline"
             every = config.eval.every
             if config.eval.num_prompts and (last or (every and state.step % every == 0)):
