@@ -140,7 +140,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=7.5)
     parser.add_argument("--guidance-end", type=float, default=None, help="fraction of the steps with guidance "
-                        "[the model's: 0.45 for tiny-shapes]; the bare script stops CFG at the same step")
+                        "[the model's: 0.7 for tiny-shapes]; the bare script stops CFG at the same step")
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--height", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=20, help="warm repetitions of each")

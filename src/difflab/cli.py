@@ -301,7 +301,7 @@ def generate(
     guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale [default: the model's]."),
     guidance_end: Optional[float] = typer.Option(None, help="Fraction of the steps that use guidance, (0, 1]; the "
                                                  "rest use the conditional prediction alone [default: the model's: "
-                                                 "0.45 for tiny-shapes, 1 for the others]."),
+                                                 "0.7 for tiny-shapes, 1 for the others]."),
     seed: int = typer.Option(0),
     scheduler: Optional[str] = typer.Option(None, help="A1111 sampler name, e.g. 'DPM++ 2M Karras', 'Euler a'."),
     width: Optional[int] = typer.Option(None, help="Multiple of 8 [default: the model's]."),

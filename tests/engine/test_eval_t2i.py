@@ -58,6 +58,11 @@ def test_measurements_run_through_the_engine(tiny_sd_folder: Path) -> None:
     grid = t2i.sweep_grid(result, prompts_shown=2, scale=1)
     assert grid.size[1] >= 2 * 32 and grid.size[0] >= 4 * 32  # 2 guidance rows x (2 prompts x 2 seeds)
 
+    report, short_prompts, images = t2i.short_adherence(model, seeds_per_prompt=2, **size)
+    assert len(images) == len(short_prompts) == 64 and short_prompts[:2] == ["a red circle"] * 2
+    assert report.n_images == 64 and report.counts["shape"] == 64 and report.counts["position"] == 0
+    assert not np.array_equal(np.asarray(images[0]), np.asarray(images[1]))  # seeds 0 and 1 of one prompt
+
     effect = t2i.negative_prompt_effect(model, "a circle", "red", n=3, **size)
     assert effect.n == 3 and len(effect.images_with) == 3 and 0 <= effect.share_with <= 1
     # the same seeds: with guidance the negative prompt changes the images
@@ -70,6 +75,8 @@ def test_measurements_run_through_the_engine(tiny_sd_folder: Path) -> None:
     (["guidance-sweep", "--guidances", "1,x"], "guidances must be comma-separated numbers"),
     (["guidance-sweep", "--guidances", "-1"], "guidances must be numbers in [0, 1000)"),
     (["adherence", "--scheduler", "warp"], "scheduler must be one of"),
+    (["adherence", "--prompts", "long"], "prompts must be full or short"),
+    (["adherence", "--guidance-end", "0"], "guidance_end: Input should be greater than 0"),
     (["negative", "--negative", "tartan"], "negative must be one of the palette colours"),
     (["negative", "--model", "no-such-model"], "model must be a preset"),
 ])

@@ -8,8 +8,9 @@ there the conditional and unconditional predictions differ mostly in small lumps
 7.5 blows up into corners, so circles came out as rounded squares (harmonic-4 amplitude 0.05-0.11 against a
 clean circle's <0.01, measured along the trajectory with the conditional prediction alone still round). Guidance
 on the first 45% of 20 DPM++ 2M steps: 15 of 16 seeds of "a red circle on a blue background" read as circles,
-against 5 with guidance on every step; over 64 full captions 89.1% shape+colour against 87.5% (these with the
-VAE's first decoder; with the decoder now shipped both measure 90.6%, the model card).
+against 5 with guidance on every step (the first shipped U-Net). The U-Net shipped now (foreground-weighted
+fine-tune, configs/tiny-shapes.toml v8) keeps its outlines under more guided steps, and the preset guides the first
+70%: chosen over 0.45 and 0.6 on three prompt sets and confirmed on two others (the model card's table).
 The switch is diffusers' documented dynamic-CFG callback: set the pipeline's guidance scale to 0 and keep
 the conditional half of the prompt embeddings.
 

@@ -34,7 +34,7 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("tiny-shapes", "tiny-shapes", "sd", 64, 64, 20, 7.5, "DPM++ 2M", bundled=True,
-           notes="difflab's own 64x64 shapes model (offline default)", guidance_end=0.45),
+           notes="difflab's own 64x64 shapes model (offline default)", guidance_end=0.7),
     Preset("sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5", "sd", 512, 512, 30, 7.5, "DPM++ 2M Karras"),
     Preset("sdxl", "stabilityai/stable-diffusion-xl-base-1.0", "sdxl", 1024, 1024, 30, 7.0, "DPM++ 2M Karras"),
     Preset("sdxl-refiner", "stabilityai/stable-diffusion-xl-refiner-1.0", "sdxl-refiner", 1024, 1024, 30, 7.0),

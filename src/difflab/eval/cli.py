@@ -35,8 +35,13 @@ def _write_json(path: Path, payload: dict) -> None:
 @eval_app.command("adherence")
 def adherence_command(
     model: str = typer.Option("tiny-shapes", help=MODEL_HELP),
-    per_pair: int = typer.Option(2, min=1, max=64, help="Prompts per shape x colour pair (32 pairs)."),
+    per_pair: int = typer.Option(2, min=1, max=64, help="Prompts per shape x colour pair (32 pairs); with "
+                                 "--prompts short, images per short prompt."),
+    prompts_kind: str = typer.Option("full", "--prompts", help="full: captions naming every field, drawn from "
+                                     "--seed; short: 'a red circle', the rest left to the model."),
     guidance: float = typer.Option(7.5, min=0.0),
+    guidance_end: Optional[float] = typer.Option(None, help="Fraction of the steps that use guidance, (0, 1] "
+                                                 "[the model's]."),
     steps: int = typer.Option(20, min=1, max=1000),
     scheduler: str = typer.Option("DPM++ 2M", help="A1111 sampler name."),
     seed: int = typer.Option(0, min=0),
@@ -51,17 +56,24 @@ def adherence_command(
         from difflab.eval import t2i
         from difflab.viz.grid import make_grid
 
-        _check(model, guidance=guidance, steps=steps, scheduler=scheduler)
+        if prompts_kind not in ("full", "short"):
+            raise ValueError(f"prompts must be full or short, got {prompts_kind!r}")
+        settings = dict(guidance=guidance, steps=steps, scheduler=scheduler)
+        if guidance_end is not None:
+            settings["guidance_end"] = guidance_end
+        _check(model, **settings)
         total = per_pair * 32
         with progress_bar("adherence") as progress:
             task = progress.add_task("generating", total=total, info=model)
-            report, prompts, images = t2i.adherence(model, per_pair=per_pair, seed=seed, guidance=guidance,
-                                                    steps=steps, scheduler=scheduler,
-                                                    progress=lambda k: progress.advance(task, k))
+            measure = t2i.adherence if prompts_kind == "full" else t2i.short_adherence
+            count = {"per_pair": per_pair} if prompts_kind == "full" else {"seeds_per_prompt": per_pair}
+            report, prompts, images = measure(model, seed=seed, progress=lambda k: progress.advance(task, k),
+                                              **count, **settings)
         out.mkdir(parents=True, exist_ok=True)
         make_grid(images, columns=16, scale=2).save(out / "grid.png")
         _write_json(out / "report.json", {
-            "model": model, "guidance": guidance, "steps": steps, "scheduler": scheduler, "seed": seed,
+            "model": model, "prompts_kind": prompts_kind, "guidance": guidance, "guidance_end": guidance_end,
+            "steps": steps, "scheduler": scheduler, "seed": seed,
             "n_images": report.n_images, "accuracy": report.accuracy,
             "shape+color": report.shape_and_color_accuracy,
             "shape_confusion": [[a, r, n] for (a, r), n in sorted(report.shape_confusion.items(), key=str)],

@@ -60,10 +60,25 @@ def adherence(model: str, *, per_pair: int = 2, seed: int = 0, cache: Any = None
               **settings: Any) -> tuple[AdherenceReport, list[str], list[Any]]:
     """Score full-caption prompts for every base shape x colour (``per_pair`` prompts each, one image per prompt,
     image of prompt j seeded ``seed + j``). Returns the report, the prompts and the images."""
+    from difflab.engine.pipeline import PipelineCache
+
+    cache = cache if cache is not None else PipelineCache()  # one load for all prompts, not one per prompt
     prompts = full_prompts(per_pair, seed=seed)
     images = []
     for j, prompt in enumerate(prompts):
         images += generate([prompt], model=model, seed=seed + j, cache=cache, progress=progress, **settings)[0]
+    return score(images, prompts), prompts, images
+
+
+def short_adherence(model: str, *, seeds_per_prompt: int = 1, seed: int = 0, cache: Any = None,
+                    progress: Progress = None, **settings: Any) -> tuple[AdherenceReport, list[str], list[Any]]:
+    """Score the short prompts ("a red circle", every base shape x colour) with ``seeds_per_prompt`` images each,
+    seeded ``seed ..``: what the model draws where the prompt leaves background, position and size open. Returns
+    the report, one prompt per image, and the images."""
+    groups = generate(minimal_prompts(), model=model, seeds_per_prompt=seeds_per_prompt, seed=seed, cache=cache,
+                      progress=progress, **settings)
+    prompts = [prompt for prompt in minimal_prompts() for _ in range(seeds_per_prompt)]
+    images = [image for group in groups for image in group]
     return score(images, prompts), prompts, images
 
 
