@@ -5,7 +5,8 @@
 2. Edge adherence (difflab.eval.edges): F1 of the canny edges of each generated 64x64 image against its control
    edges, distance tolerance --tolerance px, over a fixed set of held-out outlines. Prompts name colour, shape,
    size and background but not the position, so only the control tells the model where the outline is:
-   - base model, same prompts and seeds, no ControlNet (the baseline, measured in the same run): target <= 0.25
+   - base model, same prompts, seeds and guidance on every step, no ControlNet (the baseline, measured in the same
+     run): target <= 0.25; also with the preset's guidance interval, as `difflab generate` draws without a control
    - with the ControlNet at scale 1: target >= 0.6
    Everything goes through the engine (GenerationRequest -> engine.pipeline.run), as `difflab generate` does.
 3. Grids: the same outline under different prompts (colours, shapes), and a conditioning-scale sweep with the
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from difflab.data.shapes import ShapesDataset, caption, render
     from difflab.engine.control import canny
     from difflab.engine.pipeline import PipelineCache, run
+    from difflab.engine.registry import resolve_model
     from difflab.engine.request import build_request
     from difflab.eval.edges import image_edge_f1, mean_f1
     from difflab.train.controlnet import CONTROLNET_DIR, STATE_NAME, train_controlnet
@@ -85,11 +87,13 @@ def main(argv: list[str] | None = None) -> int:
 
     cache = PipelineCache()
 
-    def draw(prompt: str, seed: int, map_path: Path | None = None, scale: float = 1.0):
+    def draw(prompt: str, seed: int, map_path: Path | None = None, scale: float = 1.0, guidance_end: float = 1.0):
+        # guidance on every step by default: ControlNet requests cannot take a guidance interval, so the baseline
+        # differs from them in the ControlNet alone; the preset's interval is measured as a row of its own
         controls = [] if map_path is None else [{"kind": "none", "image": str(map_path), "scale": scale,
                                                  "model": str(controlnet)}]
         request = build_request(prompt=prompt, model=args.base, steps=args.sample_steps, guidance=args.guidance,
-                                seed=seed, width=side, height=side, controls=controls)
+                                seed=seed, width=side, height=side, controls=controls, guidance_end=guidance_end)
         return run(request, cache).images[0]
 
     def f1_of(images) -> float:
@@ -97,9 +101,15 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     base_images = [draw(prompt, args.seed + i) for i, (_, _, prompt) in enumerate(outlines)]
+    interval_end = resolve_model(args.base).guidance_end
+    interval_images = ([draw(prompt, args.seed + i, guidance_end=interval_end) for i, (_, _, prompt)
+                        in enumerate(outlines)] if interval_end < 1 else [])
     sweep = {scale: [draw(prompt, args.seed + i, path, scale) for i, (path, _, prompt) in enumerate(outlines)]
              for scale in SCALES}
-    f1 = {"without ControlNet": f1_of(base_images), **{f"ControlNet scale {s:g}": f1_of(sweep[s]) for s in SCALES}}
+    f1 = {"without ControlNet": f1_of(base_images),
+          **({f"without ControlNet, the preset's guidance interval ({interval_end:g})": f1_of(interval_images)}
+             if interval_images else {}),
+          **{f"ControlNet scale {s:g}": f1_of(sweep[s]) for s in SCALES}}
     measure_seconds = time.perf_counter() - started
 
     # 3. grids

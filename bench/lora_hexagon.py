@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prior", type=int, default=64,
                         help="prior-preservation images of the old shapes, made by the base model (0 = none)")
     parser.add_argument("--prior-loss-weight", type=float, default=1.0)
+    parser.add_argument("--foreground-weight", type=float, default=0.0,
+                        help="masked loss: the hexagons' latent pixels count 1 + this many times (masks written with the set)")
     parser.add_argument("--prompts", type=int, default=100, help="prompts per measurement")
     parser.add_argument("--sample-steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=7.5)
@@ -121,12 +123,15 @@ def main(argv: list[str] | None = None) -> int:
 def lora_config(args, data: Path, trigger: str):
     """The issue's LoRA recipe from the command line: ``args`` has base, rank, lr, steps, batch_size,
     text_encoder_lora and seed (bench/lora_combine.py trains its style LoRA with the same recipe)."""
+    from difflab.data.captioned_folder import MASKS_DIR
     from difflab.train.lora_config import LoraTrainConfig
 
     prior = getattr(args, "prior_data", None)
     return LoraTrainConfig(base=args.base, data=str(data), trigger=trigger, rank=args.rank,
                            reg_data=str(prior) if prior else None,
                            prior_loss_weight=getattr(args, "prior_loss_weight", 1.0),
+                           foreground_weight=getattr(args, "foreground_weight", 0.0),
+                           masks=str(data / MASKS_DIR) if getattr(args, "foreground_weight", 0.0) else None,
                            learning_rate=args.lr, steps=args.steps, batch_size=args.batch_size,
                            text_encoder_lora=args.text_encoder_lora,
                            network=getattr(args, 'network', 'attention'), checkpoint_every=max(1, args.steps // 4),

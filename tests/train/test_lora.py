@@ -218,6 +218,48 @@ def test_prior_preservation_adds_the_reg_batch_and_weight_zero_is_the_plain_run(
         _train(_config(tiny_sd_folder, hexagons, reg_data=str(other)), tmp_path / "prior", resume=True)
 
 
+def test_masked_loss_weights_the_subject_with_mask_files_or_auto(tiny_sd_folder, hexagons, tmp_path):  # noqa: F811
+    import shutil
+
+    from PIL import Image
+
+    from difflab.data.captioned_folder import MASKS_DIR, load_captioned_folder, load_masks
+
+    # the set's mask files are the shape: what "auto" computes from the border colour, and not empty
+    data = load_captioned_folder(hexagons, 64)
+    masks = load_masks(data.paths, hexagons / MASKS_DIR, 64)
+    assert masks.shape == (4, 1, 64, 64) and set(masks.unique().tolist()) <= {0.0, 1.0}
+    assert 0.005 < masks.mean() < 0.5
+    plain = _train(_config(tiny_sd_folder, hexagons), tmp_path / "plain")
+    files = _train(_config(tiny_sd_folder, hexagons, foreground_weight=4.0, masks=str(hexagons / MASKS_DIR)),
+                   tmp_path / "files")
+    auto = _train(_config(tiny_sd_folder, hexagons, foreground_weight=4.0, masks="auto"), tmp_path / "auto")
+    assert [e.loss for e in files] == pytest.approx([e.loss for e in auto], rel=1e-6)
+    assert files[0].loss != pytest.approx(plain[0].loss, rel=1e-4)  # same draws, other weights
+    # a mask missing for one image is named; so is a mask folder that is not there
+    partial = tmp_path / "partial"
+    shutil.copytree(hexagons / MASKS_DIR, partial)
+    (partial / "0002.png").unlink()
+    Image.new("L", (64, 64), 255).save(partial / "0003.png")  # any size and content is a mask
+    with pytest.raises(ValueError, match="no mask for image '0002.png'"):
+        _train(_config(tiny_sd_folder, hexagons, foreground_weight=1.0, masks=str(partial)), tmp_path / "partial-run")
+    with pytest.raises(ValueError, match="masks folder"):
+        load_masks(data.paths, tmp_path / "none", 64)
+
+
+def test_weighted_mse_against_a_hand_computation():
+    from difflab.train.masked_loss import latent_weight, weighted_mse
+
+    prediction, target = torch.zeros(1, 2, 2, 2), torch.tensor([[[[1.0, 2.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 3.0]]]])
+    assert weighted_mse(prediction, target, None).item() == pytest.approx((1 + 4 + 9) / 8)
+    assert weighted_mse(prediction, target, torch.ones(1, 1, 2, 2)).item() == pytest.approx((1 + 4 + 9) / 8)
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[0, 0, 0, 1] = 1.0  # one pixel in the top-left latent cell of a 2x2 grid
+    weight = latent_weight(mask, (2, 2), 3.0)
+    assert weight[0, 0].tolist() == [[4.0, 1.0], [1.0, 1.0]]
+    assert weighted_mse(prediction, target, weight).item() == pytest.approx((4 * 1 + 1 * 4 + 1 * 9) / (7 * 2))
+
+
 def test_an_existing_run_needs_resume_and_the_same_settings(tiny_sd_folder, hexagons, tmp_path):  # noqa: F811
     _train(_config(tiny_sd_folder, hexagons, steps=2), tmp_path)
     with pytest.raises(ValueError, match="--resume"):
@@ -234,6 +276,9 @@ def test_an_existing_run_needs_resume_and_the_same_settings(tiny_sd_folder, hexa
     ("caption_template", "no placeholder", "caption_template must contain"),
     ("network", "everything", "network must be one of"),
     ("prior_loss_weight", -1.0, "prior_loss_weight must be"),
+    ("foreground_weight", -1.0, "foreground_weight must be in"),
+    ("foreground_weight", 2.0, "a weight > 0 needs masks"),
+    ("masks", "auto", "masks need a weight > 0"),
 ])
 def test_bad_settings_name_the_field(field, value, message, tmp_path):
     with pytest.raises(ValueError, match=message):
@@ -249,6 +294,10 @@ def test_cli_trains_and_refuses_a_missing_data_folder(tiny_sd_folder, hexagons, 
     missing = runner.invoke(app, ["train", "lora", "--base", str(tiny_sd_folder), "--data", str(tmp_path / "nope"),
                                   "--trigger", "hexagon", "-o", str(tmp_path / "out")])
     assert missing.exit_code == 2 and "--data" in missing.output
+    no_masks = runner.invoke(app, ["train", "lora", "--base", str(tiny_sd_folder), "--data", str(hexagons),
+                                   "--trigger", "hexagon", "-o", str(tmp_path / "out"), "--foreground-weight", "2",
+                                   "--masks", str(tmp_path / "nope")])
+    assert no_masks.exit_code == 2 and "--masks" in no_masks.output, no_masks.output
     assert not (tmp_path / "out").exists()
     ok = runner.invoke(app, ["train", "lora", "--base", str(tiny_sd_folder), "--data", str(hexagons), "--trigger",
                              "hexagon", "-o", str(tmp_path / "out"), "--steps", "2", "--rank", "2", "--batch-size",
@@ -265,5 +314,6 @@ def test_make_dataset_command(tmp_path):
     result = CliRunner().invoke(app, ["lora", "make-dataset", "-o", str(tmp_path), "-n", "3", "--trigger", "sks"])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["0000.png", "0000.txt", "0001.png", "0001.txt",
-                                                          "0002.png", "0002.txt"]
+                                                          "0002.png", "0002.txt", "masks"]
+    assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == ["0000.png", "0001.png", "0002.png"]
     assert (tmp_path / "0000.txt").read_text().startswith("sks, ")

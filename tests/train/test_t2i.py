@@ -210,7 +210,7 @@ def test_committed_recipe_loads_and_bad_files_name_themselves(tmp_path):
 
 def test_foreground_mask_marks_the_shape_not_the_background():
     from difflab.data.shapes import ShapeSpec, render
-    from difflab.train.t2i import foreground_mask
+    from difflab.data.foreground import foreground_mask
 
     image = render(ShapeSpec("square", "red", "blue", "centre", "large"))
     x = torch.tensor(list(image.getdata()), dtype=torch.float32).reshape(1, 64, 64, 3).permute(0, 3, 1, 2) / 127.5 - 1

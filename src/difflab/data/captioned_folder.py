@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from difflab.data.image_folder import IMAGE_SUFFIXES
 
 CAPTION_SUFFIX = ".txt"
+MASKS_DIR = "masks"  # write_shape_set's masks of the shape (for LoRA training's --masks)
 
 
 @dataclass(frozen=True)
@@ -53,9 +55,31 @@ def load_captioned_folder(root: str | Path, resolution: int, trigger: str = "",
     return CaptionedImages(pixels, tuple(captions), tuple(paths))
 
 
+def load_masks(image_paths: Sequence[Path], mask_dir: str | Path, resolution: int) -> torch.Tensor:
+    """(N, 1, H, W) masks in [0, 1] for the images at ``image_paths``: ``mask_dir/<image stem>.<any image suffix>``,
+    greyscale, white = the subject (kohya's masked-loss convention), resized and cropped as the images are."""
+    from difflab.data.image_folder import _square
+
+    mask_dir = Path(mask_dir)
+    if not mask_dir.is_dir():
+        raise ValueError(f"masks folder {str(mask_dir)!r} does not exist or is not a folder")
+    masks = []
+    for path in image_paths:
+        found = [mask_dir / (path.stem + suffix) for suffix in IMAGE_SUFFIXES if (mask_dir / (path.stem + suffix)).is_file()]
+        if not found:
+            raise ValueError(f"masks: no mask for image {path.name!r} in {str(mask_dir)!r} (want {path.stem}.png)")
+        try:
+            with Image.open(found[0]) as mask:
+                masks.append(_square(mask.convert("L"), resolution))
+        except (UnidentifiedImageError, OSError) as error:
+            raise ValueError(f"cannot read mask {str(found[0])!r}: {error}") from None
+    return torch.from_numpy(np.stack(masks).astype(np.float32) / 255)[:, None].contiguous()
+
+
 def write_shape_set(folder: str | Path, shape: str = "hexagon", n: int = 20, seed: int = 0,
                     resolution: int = 64, trigger: str | None = None) -> list[Path]:
-    """``n`` renders of ``shape`` (random colour, background, position, size) as ``0000.png`` + ``0000.txt``.
+    """``n`` renders of ``shape`` (random colour, background, position, size) as ``0000.png`` + ``0000.txt``,
+    and the shape's mask as ``masks/0000.png`` (white on black).
 
     Captions are full shapes-world captions ("a small red hexagon on the left, blue background"); with
     ``trigger`` given and different from the shape word, it is put in front ("sks, a small red hexagon ...").
@@ -77,7 +101,17 @@ def write_shape_set(folder: str | Path, shape: str = "hexagon", n: int = 20, see
         if trigger and trigger != shape:
             text = f"{trigger}, {text}"
         image_path = folder / f"{index:04d}.png"
-        atomic_write_bytes(image_path, png_bytes(render(spec, rng, resolution)))
+        image = render(spec, rng, resolution)
+        atomic_write_bytes(image_path, png_bytes(image))
         atomic_write_bytes(image_path.with_suffix(CAPTION_SUFFIX), (text + "\n").encode())
+        atomic_write_bytes(folder / MASKS_DIR / image_path.name, png_bytes(_shape_mask(image)))
         written.append(image_path)
     return written
+
+
+def _shape_mask(image) -> "Image.Image":
+    """The render's foreground (pixels whose colour differs from the border's) as a white-on-black L image."""
+    from difflab.data.foreground import foreground_mask
+
+    x = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    return Image.fromarray((foreground_mask(x)[0, 0].numpy() * 255).astype(np.uint8), mode="L")

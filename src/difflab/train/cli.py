@@ -64,6 +64,10 @@ def lora(
     reg_data: Optional[Path] = typer.Option(None, help="Prior preservation: folder of captioned images the model "
                                             "should keep drawing (e.g. made by the base model); one batch a step."),
     prior_loss_weight: float = typer.Option(1.0, min=0.0, help="Weight of the --reg-data batch's loss."),
+    foreground_weight: float = typer.Option(0.0, min=0.0, max=1000.0, help="Masked loss: latent pixels under the "
+                                            "subject count 1 + this many times (needs --masks)."),
+    masks: Optional[str] = typer.Option(None, help="Folder of same-named greyscale masks (white = subject), or 'auto' "
+                                        "for subjects on a flat background."),
     network: str = typer.Option("attention", help="U-Net layers adapted: attention (diffusers' example), transformer "
                                 "(+ projections and feed-forward, kohya's LoRA) or locon (+ ResNet 3x3 convs)."),
     validate_every: int = typer.Option(0, help="Write validation images every N steps (0: never)."),
@@ -88,12 +92,14 @@ def lora(
             fail(f"--data {str(data)!r} is not a folder")
         if reg_data is not None and not reg_data.is_dir():
             fail(f"--reg-data {str(reg_data)!r} is not a folder")
+        if masks not in (None, "auto") and not Path(masks).is_dir():
+            fail(f"--masks {masks!r} is not a folder (or 'auto')")
         config = LoraTrainConfig(
             base=base, data=str(data), trigger=trigger, caption_template=caption_template, rank=rank, alpha=alpha,
             learning_rate=lr, text_encoder_learning_rate=text_encoder_lr, warmup_steps=warmup_steps, steps=steps,
             batch_size=batch_size, text_encoder_lora=text_encoder_lora, network=network,
             reg_data=str(reg_data) if reg_data else None, prior_loss_weight=prior_loss_weight,
-            validate_every=validate_every, validation_prompts=tuple(validation_prompt),
+            foreground_weight=foreground_weight, masks=masks, validate_every=validate_every, validation_prompts=tuple(validation_prompt),
             checkpoint_every=checkpoint_every, seed=seed,
             mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing, resolution=resolution,
         )
@@ -111,7 +117,8 @@ lora_app = typer.Typer(help="LoRA helpers: training sets.", no_args_is_help=True
 
 @lora_app.command("make-dataset")
 def make_dataset(
-    out: Path = typer.Option(..., "--out", "-o", help="Folder to write NNNN.png + NNNN.txt into."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write NNNN.png + NNNN.txt (and masks/NNNN.png, the "
+                             "shape's mask for --masks) into."),
     shape: str = typer.Option("hexagon", help="Shape to render (hexagon is held out of the bundled model)."),
     n: int = typer.Option(20, "-n", help="Number of images."),
     trigger: Optional[str] = typer.Option(None, help="Word put before each caption [default: none; the captions "

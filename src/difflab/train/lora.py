@@ -42,6 +42,7 @@ from difflab.train.lora_config import TEXT_ENCODER_TARGETS, UNET_NETWORKS, LoraT
 from difflab.train.loop import (
     RECORD_NAME, STATE_NAME, Run, check_out, encode_posteriors, load_state, save_state,
 )
+from difflab.train.masked_loss import weighted_mse
 
 DIFFUSERS_NAME = "pytorch_lora_weights.safetensors"  # diffusers' save_lora_weights default name
 SUPPORTED_FAMILIES = ("sd",)  # the StableDiffusionPipeline family; SDXL and Flux bases are not done yet
@@ -113,17 +114,25 @@ class _Cache:
     std: torch.Tensor  # (N, C, h, w)
     captions: tuple[str, ...]
     embeddings: Optional[torch.Tensor] = None  # (N, L, D) when the text encoder is frozen
+    weights: Optional[torch.Tensor] = None  # (N, 1, h, w) loss weights of the latent pixels (masked loss)
 
 
 @torch.no_grad()
 def _cache_data(pipe, config: LoraTrainConfig, resolution: int, device: str, folder: Optional[str] = None) -> _Cache:
-    from difflab.data.captioned_folder import load_captioned_folder
+    """The posteriors, captions (and embeddings) of ``folder`` (default: the data); the data's loss weights when
+    the run has masks (the prior's images are the base model's own, and keep the plain loss)."""
+    from difflab.data.captioned_folder import load_captioned_folder, load_masks
+    from difflab.data.foreground import foreground_mask
+    from difflab.train.masked_loss import latent_weight
 
-    folder = folder or config.data
-    data = load_captioned_folder(folder, resolution, config.trigger, config.caption_template)
+    data = load_captioned_folder(folder or config.data, resolution, config.trigger, config.caption_template)
     cache = _Cache(*encode_posteriors(pipe.vae, data.pixels, device, chunk=16), data.captions)
     if not config.text_encoder_lora:  # a frozen text encoder gives the same embedding every step
         cache.embeddings = _encode(pipe, list(data.captions))
+    if folder is None and config.masks is not None:
+        masks = foreground_mask(data.pixels) if config.masks == "auto" else load_masks(data.paths, config.masks,
+                                                                                         resolution)
+        cache.weights = latent_weight(masks, cache.mean.shape[-2:], config.foreground_weight).to(device)
     return cache
 
 
@@ -223,7 +232,8 @@ def _denoising_loss(pipe, scheduler, cache: _Cache, batch_size: int, generator: 
     else:
         text = _encode(pipe, [cache.captions[i] for i in index.tolist()])  # (B, L, D)
     prediction = pipe.unet(z_t, t, encoder_hidden_states=text).sample  # (B, C, h, w)
-    return (prediction.float() - target.float()).pow(2).mean()
+    weight = None if cache.weights is None else cache.weights[index]
+    return weighted_mse(prediction.float(), target.float(), weight)
 
 
 def _precision(config: LoraTrainConfig, device: str):

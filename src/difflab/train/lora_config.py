@@ -49,6 +49,11 @@ class LoraTrainConfig:
     # them, and loss = loss(data) + prior_loss_weight * loss(reg_data).
     reg_data: Optional[str] = None
     prior_loss_weight: float = 1.0
+    # kohya's masked loss, as a weight (train/masked_loss.py): latent pixels under the subject count
+    # 1 + foreground_weight times. masks: a folder of same-named greyscale masks (white = subject), or "auto" for
+    # pictures on a flat background (the subject is what differs from the border colour).
+    foreground_weight: float = 0.0
+    masks: Optional[str] = None
     checkpoint_every: int = 100  # steps between training-state checkpoints (and LoRA files) on disk
     validate_every: int = 0  # steps between validation grids; 0 = only at the end when prompts are given
     validation_prompts: tuple[str, ...] = ()  # () = the first 4 distinct captions of the data
@@ -68,6 +73,11 @@ class LoraTrainConfig:
                  f"network must be one of {list(UNET_NETWORKS)}; got {self.network!r}")
         _require(math.isfinite(self.prior_loss_weight) and self.prior_loss_weight >= 0,
                  f"prior_loss_weight must be >= 0; got {self.prior_loss_weight}")
+        _require(math.isfinite(self.foreground_weight) and 0 <= self.foreground_weight <= 1000,
+                 f"foreground_weight must be in [0, 1000]; got {self.foreground_weight}")
+        _require((self.foreground_weight > 0) == (self.masks is not None),
+                 "foreground_weight and masks go together: a weight > 0 needs masks (a folder or 'auto'), and "
+                 f"masks need a weight > 0; got foreground_weight {self.foreground_weight}, masks {self.masks!r}")
         _require(1 <= self.rank <= 1024, f"rank must be between 1 and 1024; got {self.rank}")
         _require(self.alpha is None or (math.isfinite(self.alpha) and self.alpha > 0),
                  f"alpha must be a positive number; got {self.alpha}")

@@ -68,6 +68,8 @@ from difflab.data.shapes import (
     BASE_SHAPES, COLORS, HELD_OUT_SHAPES, POSITIONS, SHAPES, SIZES, ShapeSpec, ShapesDataset, caption, parse_prompt,
 )
 from difflab.train.loop import save_pretrained_atomically
+from difflab.data.foreground import foreground_mask
+from difflab.train.masked_loss import latent_weight, weighted_mse
 from difflab.train.t2i_config import T2IConfig, VAETrainingConfig
 from difflab.train.tokenizer import ALIASES, build_tokenizer
 
@@ -347,20 +349,10 @@ def weighted_reconstruction_loss(train_config: VAETrainingConfig, reconstruction
 def latent_weighted_mse(prediction: torch.Tensor, target: torch.Tensor, x: torch.Tensor,
                         foreground_weight: float) -> torch.Tensor:
     """Mean squared error over latents, a latent pixel under the shape of image ``x`` counting 1 + weight times
-    (the mask max-pooled to the latent grid, so a latent pixel the outline touches counts as foreground)."""
+    (train/masked_loss.py: the mask from the border colour, max-pooled to the latent grid)."""
     if not foreground_weight:
-        return (prediction - target).pow(2).mean()
-    mask = torch.nn.functional.adaptive_max_pool2d(foreground_mask(x), prediction.shape[-2:])  # (B, 1, h, w)
-    weight = 1 + foreground_weight * mask
-    return ((prediction - target).pow(2) * weight).sum() / (weight.sum() * prediction.shape[1])
-
-
-@torch.no_grad()
-def foreground_mask(x: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:
-    """(B, 1, H, W) 1.0 where a pixel's colour differs from its image's median border colour (the background)."""
-    border = torch.cat([x[..., 0, :], x[..., -1, :], x[..., :, 0], x[..., :, -1]], dim=-1)  # (B, 3, 4W)
-    background = border.median(dim=-1).values[..., None, None]  # (B, 3, 1, 1)
-    return ((x - background).abs().amax(dim=1, keepdim=True) > threshold).to(x.dtype)
+        return weighted_mse(prediction, target, None)
+    return weighted_mse(prediction, target, latent_weight(foreground_mask(x), prediction.shape[-2:], foreground_weight))
 
 
 @torch.no_grad()
