@@ -4,7 +4,8 @@
    "hexagon" itself, a word the base model's tokenizer has but that base training never showed it. With
    ``--prior N``, N prior-preservation images of the old shapes, drawn by the base model (train/prior.py).
 2. ``train_lora`` on the base model (the issue's budget: <= 15 minutes on 2 CPU cores); ``--network`` picks the
-   adapted layers (attention, transformer, locon).
+   adapted layers (attention, transformer, locon); ``--foreground-weight`` is the masked loss's weight on the
+   hexagons' latent pixels (masks written with the set; 0 = the plain loss).
 3. Images through the engine, as ``difflab generate --lora`` draws them (the preset's guidance interval unless
    ``--guidance-end``), read back by the adherence analyzer (difflab.eval.adherence):
    - hexagon prompts, base model (the baseline, measured in the same run): issue target <= 10% hexagons;
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", default="tiny-shapes", help="base model (preset or diffusers folder)")
     parser.add_argument("--out", type=Path, default=Path("runs/lora-hexagon"))
     parser.add_argument("--images", type=int, default=20, help="training images (issue: at most 20)")
-    parser.add_argument("--steps", type=int, default=800)
+    parser.add_argument("--steps", type=int, default=1600)
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prior", type=int, default=64,
                         help="prior-preservation images of the old shapes, made by the base model (0 = none)")
     parser.add_argument("--prior-loss-weight", type=float, default=1.0)
-    parser.add_argument("--foreground-weight", type=float, default=0.0,
+    parser.add_argument("--foreground-weight", type=float, default=8.0,
                         help="masked loss: the hexagons' latent pixels count 1 + this many times (masks written with the set)")
     parser.add_argument("--prompts", type=int, default=100, help="prompts per measurement")
     parser.add_argument("--sample-steps", type=int, default=20)
