@@ -156,10 +156,10 @@ def train(config, lora: Path) -> dict:
 
 def train_hexagon(args, out: Path) -> dict:
     """``args.images`` hexagon renders in ``out/data`` (kept when there), the LoRA trained into ``out/lora``."""
-    from difflab.data.captioned_folder import write_shape_set
+    from difflab.data.captioned_folder import MASKS_DIR, write_shape_set
 
     data = out / "data"
-    if not data.is_dir():
+    if not (data / MASKS_DIR).is_dir():  # the same renders again when an older run's set has no masks
         write_shape_set(data, "hexagon", args.images, seed=args.seed)
     if getattr(args, "prior", 0):
         from difflab.data.shapes import BASE_SHAPES
