@@ -75,11 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     extra = {} if args.guidance_end is None else {"guidance_end": args.guidance_end}
 
     def measure(prompts: list[str], loras: list[str]):
-        images = []
-        for j, prompt in enumerate(prompts):
-            images += t2i.generate([prompt], model=args.base, seed=args.seed + j, cache=cache, guidance=args.guidance,
-                                   steps=args.sample_steps, loras=loras, **extra)[0]
-        return score(images, prompts), images
+        return t2i.score_prompts(prompts, model=args.base, seed=args.seed, cache=cache, guidance=args.guidance,
+                                 steps=args.sample_steps, loras=loras, **extra)
 
     def by_size(prompts: list[str], images: list, size: str) -> float:
         chosen = [i for i, prompt in enumerate(prompts) if f" {size} " in f" {prompt} "]

@@ -66,9 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     # 1-2. adherence on full captions and on short prompts
     full, full_prompts, full_images = t2i.adherence(model, per_pair=args.per_pair, guidance=7.5, **settings)
     constant, _, _ = t2i.adherence(model, per_pair=args.per_pair, guidance=7.5, **{**settings, "guidance_end": 1.0})
-    short_prompts = t2i.minimal_prompts()
-    short_images = [group[0] for group in t2i.generate(short_prompts, model=model, guidance=7.5, **settings)]
-    short = t2i.score(short_images, short_prompts)
+    short, _, _ = t2i.short_adherence(model, guidance=7.5, **settings)
     atomic_write_bytes(out / "adherence.png", png_bytes(make_grid(full_images, columns=16, scale=2)))
     print(full.table(), "\n", file=sys.stderr)
 

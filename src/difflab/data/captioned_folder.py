@@ -65,14 +65,15 @@ def load_masks(image_paths: Sequence[Path], mask_dir: str | Path, resolution: in
         raise ValueError(f"masks folder {str(mask_dir)!r} does not exist or is not a folder")
     masks = []
     for path in image_paths:
-        found = [mask_dir / (path.stem + suffix) for suffix in IMAGE_SUFFIXES if (mask_dir / (path.stem + suffix)).is_file()]
-        if not found:
+        found = next((mask_dir / (path.stem + suffix) for suffix in IMAGE_SUFFIXES
+                      if (mask_dir / (path.stem + suffix)).is_file()), None)
+        if found is None:
             raise ValueError(f"masks: no mask for image {path.name!r} in {str(mask_dir)!r} (want {path.stem}.png)")
         try:
-            with Image.open(found[0]) as mask:
+            with Image.open(found) as mask:
                 masks.append(_square(mask.convert("L"), resolution))
         except (UnidentifiedImageError, OSError) as error:
-            raise ValueError(f"cannot read mask {str(found[0])!r}: {error}") from None
+            raise ValueError(f"cannot read mask {str(found)!r}: {error}") from None
     return torch.from_numpy(np.stack(masks).astype(np.float32) / 255)[:, None].contiguous()
 
 
@@ -112,6 +113,7 @@ def write_shape_set(folder: str | Path, shape: str = "hexagon", n: int = 20, see
 def _shape_mask(image) -> "Image.Image":
     """The render's foreground (pixels whose colour differs from the border's) as a white-on-black L image."""
     from difflab.data.foreground import foreground_mask
+    from difflab.data.shapes import image_to_tensor
 
-    x = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
-    return Image.fromarray((foreground_mask(x)[0, 0].numpy() * 255).astype(np.uint8), mode="L")
+    mask = foreground_mask(image_to_tensor(image)[None])[0, 0]  # (H, W) of 0/1
+    return Image.fromarray((mask.numpy() * 255).astype(np.uint8), mode="L")

@@ -60,14 +60,21 @@ def adherence(model: str, *, per_pair: int = 2, seed: int = 0, cache: Any = None
               **settings: Any) -> tuple[AdherenceReport, list[str], list[Any]]:
     """Score full-caption prompts for every base shape x colour (``per_pair`` prompts each, one image per prompt,
     image of prompt j seeded ``seed + j``). Returns the report, the prompts and the images."""
+    prompts = full_prompts(per_pair, seed=seed)
+    report, images = score_prompts(prompts, model=model, seed=seed, cache=cache, progress=progress, **settings)
+    return report, prompts, images
+
+
+def score_prompts(prompts: Sequence[str], *, model: str, seed: int = 0, cache: Any = None, progress: Progress = None,
+                  **settings: Any) -> tuple[AdherenceReport, list[Any]]:
+    """One image per prompt, prompt j's seeded ``seed + j``, and the analyzer's report on them."""
     from difflab.engine.pipeline import PipelineCache
 
     cache = cache if cache is not None else PipelineCache()  # one load for all prompts, not one per prompt
-    prompts = full_prompts(per_pair, seed=seed)
     images = []
     for j, prompt in enumerate(prompts):
         images += generate([prompt], model=model, seed=seed + j, cache=cache, progress=progress, **settings)[0]
-    return score(images, prompts), prompts, images
+    return score(images, prompts), images
 
 
 def short_adherence(model: str, *, seeds_per_prompt: int = 1, seed: int = 0, cache: Any = None,

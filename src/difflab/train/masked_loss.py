@@ -23,9 +23,14 @@ def latent_weight(mask: torch.Tensor, latent_size: tuple[int, int], foreground_w
     return 1 + foreground_weight * pooled
 
 
-def weighted_mse(prediction: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-    """Mean squared error over (B, C, h, w) latents, latent pixel (b, :, i, j) counting ``weight[b, 0, i, j]``
-    times (normalised by the total weight, so a weight of ones is the plain mean); None is the plain mean."""
+def weighted_mean(error: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Mean of a (B, C, h, w) per-element error, pixel (b, :, i, j) counting ``weight[b, 0, i, j]`` times
+    (normalised by the total weight, so a weight of ones is the plain mean); None is the plain mean."""
     if weight is None:
-        return (prediction - target).pow(2).mean()
-    return ((prediction - target).pow(2) * weight).sum() / (weight.sum() * prediction.shape[1])
+        return error.mean()
+    return (error * weight).sum() / (weight.sum() * error.shape[1])
+
+
+def weighted_mse(prediction: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Mean squared error over (B, C, h, w) latents, weighted per latent pixel as in ``weighted_mean``."""
+    return weighted_mean((prediction - target).pow(2), weight)

@@ -67,9 +67,9 @@ from difflab.core.train import optimizer_step, update_ema
 from difflab.data.shapes import (
     BASE_SHAPES, COLORS, HELD_OUT_SHAPES, POSITIONS, SHAPES, SIZES, ShapeSpec, ShapesDataset, caption, parse_prompt,
 )
-from difflab.train.loop import save_pretrained_atomically
 from difflab.data.foreground import foreground_mask
-from difflab.train.masked_loss import latent_weight, weighted_mse
+from difflab.train.loop import save_pretrained_atomically
+from difflab.train.masked_loss import latent_weight, weighted_mean, weighted_mse
 from difflab.train.t2i_config import T2IConfig, VAETrainingConfig
 from difflab.train.tokenizer import ALIASES, build_tokenizer
 
@@ -342,8 +342,7 @@ def weighted_reconstruction_loss(train_config: VAETrainingConfig, reconstruction
                                  x: torch.Tensor) -> torch.Tensor:
     """Mean L1 (or squared) error per pixel and channel, a foreground pixel counting 1 + foreground_weight times."""
     error = (reconstruction - x).abs() if train_config.reconstruction == "l1" else (reconstruction - x).pow(2)
-    weight = 1 + train_config.foreground_weight * foreground_mask(x)  # (B, 1, H, W)
-    return (error * weight).sum() / (weight.sum() * x.shape[1])
+    return weighted_mean(error, 1 + train_config.foreground_weight * foreground_mask(x))  # weight (B, 1, H, W)
 
 
 def latent_weighted_mse(prediction: torch.Tensor, target: torch.Tensor, x: torch.Tensor,
