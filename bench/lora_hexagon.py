@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prior-loss-weight", type=float, default=1.0)
     parser.add_argument("--foreground-weight", type=float, default=8.0,
                         help="masked loss: the hexagons' latent pixels count 1 + this many times (masks written with the set)")
+    parser.add_argument("--min-snr-gamma", type=float, default=None, help="Min-SNR-gamma loss weighting (off by default)")
     parser.add_argument("--prompts", type=int, default=100, help="prompts per measurement")
     parser.add_argument("--sample-steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=7.5)
@@ -130,6 +131,7 @@ def lora_config(args, data: Path, trigger: str):
                            prior_loss_weight=getattr(args, "prior_loss_weight", 1.0),
                            foreground_weight=getattr(args, "foreground_weight", 0.0),
                            masks=str(data / MASKS_DIR) if getattr(args, "foreground_weight", 0.0) else None,
+                           min_snr_gamma=getattr(args, "min_snr_gamma", None),
                            learning_rate=args.lr, steps=args.steps, batch_size=args.batch_size,
                            text_encoder_lora=args.text_encoder_lora,
                            network=getattr(args, 'network', 'attention'), checkpoint_every=max(1, args.steps // 4),

@@ -260,6 +260,45 @@ def test_weighted_mse_against_a_hand_computation():
     assert weighted_mse(prediction, target, weight).item() == pytest.approx((4 * 1 + 1 * 4 + 1 * 9) / (7 * 2))
 
 
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_min_snr_weights_follow_the_paper_from_the_betas(prediction_type):
+    from diffusers import DDPMScheduler
+
+    from difflab.train.masked_loss import min_snr_weight
+
+    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                              prediction_type=prediction_type)
+    t = torch.tensor([0, 10, 100, 400, 999])
+    # SNR(t) = alpha_bar / (1 - alpha_bar), alpha_bar the running product of 1 - beta, betas in float64 from the
+    # formula of the scaled-linear schedule (Hang et al. 2023, eq. 10; v: divided by SNR + 1 instead of SNR)
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+    alpha_bar = torch.cumprod(1 - betas, 0)[t]
+    snr = alpha_bar / (1 - alpha_bar)
+    expected = torch.clamp(snr, max=5.0) / (snr if prediction_type == "epsilon" else snr + 1)
+    got = min_snr_weight(scheduler, t, 5.0)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=0)
+    assert got[0] < 0.01 and (got[-1] == 1.0 if prediction_type == "epsilon" else got[-1] < 1.0)
+
+
+def test_weighted_mse_scales_each_sample_without_changing_the_normaliser():
+    from difflab.train.masked_loss import weighted_mse
+
+    prediction, target = torch.zeros(2, 1, 1, 2), torch.tensor([[[[1.0, 1.0]]], [[[2.0, 2.0]]]])
+    assert weighted_mse(prediction, target, None, torch.tensor([1.0, 0.5])).item() == pytest.approx((2 + 0.5 * 8) / 4)
+    weight = torch.tensor([[[[3.0, 1.0]]], [[[1.0, 1.0]]]])
+    assert weighted_mse(prediction, target, weight, torch.tensor([0.0, 1.0])).item() == pytest.approx(8 / 6)
+
+
+def test_min_snr_training_reweights_the_same_draws(tiny_sd_folder, hexagons, tmp_path):  # noqa: F811
+    plain = _train(_config(tiny_sd_folder, hexagons, steps=4, batch_size=8), tmp_path / "plain")
+    snr = _train(_config(tiny_sd_folder, hexagons, steps=4, batch_size=8, min_snr_gamma=5.0), tmp_path / "snr")
+    # Same draws in both runs: while every timestep drawn is noisy (SNR < gamma, weight 1) the runs are identical;
+    # at the first step that draws a low-noise timestep its weight < 1 makes the loss smaller, and they part.
+    first = next(k for k, (a, b) in enumerate(zip(snr, plain)) if a.loss != pytest.approx(b.loss, rel=1e-6))
+    assert snr[first].loss < plain[first].loss
+    assert all(a.loss == pytest.approx(b.loss, rel=1e-6) for a, b in zip(snr[:first], plain[:first]))
+
+
 def test_an_existing_run_needs_resume_and_the_same_settings(tiny_sd_folder, hexagons, tmp_path):  # noqa: F811
     _train(_config(tiny_sd_folder, hexagons, steps=2), tmp_path)
     with pytest.raises(ValueError, match="--resume"):
@@ -279,6 +318,7 @@ def test_an_existing_run_needs_resume_and_the_same_settings(tiny_sd_folder, hexa
     ("foreground_weight", -1.0, "foreground_weight must be in"),
     ("foreground_weight", 2.0, "a weight > 0 needs masks"),
     ("masks", "auto", "masks need a weight > 0"),
+    ("min_snr_gamma", 0.0, "min_snr_gamma must be in"),
 ])
 def test_bad_settings_name_the_field(field, value, message, tmp_path):
     with pytest.raises(ValueError, match=message):
@@ -301,9 +341,11 @@ def test_cli_trains_and_refuses_a_missing_data_folder(tiny_sd_folder, hexagons, 
     assert not (tmp_path / "out").exists()
     ok = runner.invoke(app, ["train", "lora", "--base", str(tiny_sd_folder), "--data", str(hexagons), "--trigger",
                              "hexagon", "-o", str(tmp_path / "out"), "--steps", "2", "--rank", "2", "--batch-size",
-                             "2", "--validate-every", "2", "--validation-prompt", "a red hexagon"])
+                             "2", "--validate-every", "2", "--validation-prompt", "a red hexagon",
+                             "--min-snr-gamma", "5"])
     assert ok.exit_code == 0, ok.output
     assert (tmp_path / "out" / "validation" / "step-000002.png").is_file()
+    assert json.loads((tmp_path / "out" / "training.json").read_text())["config"]["min_snr_gamma"] == 5.0
 
 
 def test_make_dataset_command(tmp_path):

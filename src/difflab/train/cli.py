@@ -68,6 +68,8 @@ def lora(
                                             "subject count 1 + this many times (needs --masks)."),
     masks: Optional[str] = typer.Option(None, help="Folder of same-named greyscale masks (white = subject), or 'auto' "
                                         "for subjects on a flat background."),
+    min_snr_gamma: Optional[float] = typer.Option(None, min=0.001, max=1000.0, help="Min-SNR-gamma loss weighting "
+                                                  "(diffusers' --snr_gamma; 5 is usual) [default: off]."),
     network: str = typer.Option("attention", help="U-Net layers adapted: attention (diffusers' example), transformer "
                                 "(+ projections and feed-forward, kohya's LoRA) or locon (+ ResNet 3x3 convs)."),
     validate_every: int = typer.Option(0, help="Write validation images every N steps (0: never)."),
@@ -99,7 +101,7 @@ def lora(
             learning_rate=lr, text_encoder_learning_rate=text_encoder_lr, warmup_steps=warmup_steps, steps=steps,
             batch_size=batch_size, text_encoder_lora=text_encoder_lora, network=network,
             reg_data=str(reg_data) if reg_data else None, prior_loss_weight=prior_loss_weight,
-            foreground_weight=foreground_weight, masks=masks, validate_every=validate_every, validation_prompts=tuple(validation_prompt),
+            foreground_weight=foreground_weight, masks=masks, min_snr_gamma=min_snr_gamma, validate_every=validate_every, validation_prompts=tuple(validation_prompt),
             checkpoint_every=checkpoint_every, seed=seed,
             mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing, resolution=resolution,
         )

@@ -42,7 +42,7 @@ from difflab.train.lora_config import TEXT_ENCODER_TARGETS, UNET_NETWORKS, LoraT
 from difflab.train.loop import (
     RECORD_NAME, STATE_NAME, Run, check_out, encode_posteriors, load_state, save_state,
 )
-from difflab.train.masked_loss import weighted_mse
+from difflab.train.masked_loss import min_snr_weight, weighted_mse
 
 DIFFUSERS_NAME = "pytorch_lora_weights.safetensors"  # diffusers' save_lora_weights default name
 SUPPORTED_FAMILIES = ("sd",)  # the StableDiffusionPipeline family; SDXL and Flux bases are not done yet
@@ -185,10 +185,10 @@ def train_lora(config: LoraTrainConfig, out: str | Path, *, resume: bool = False
         generator = step_generator(config.seed, run.step)
         torch.manual_seed(config.seed * 1_000_003 + run.step)  # anything drawing from the global stream
         with autocast:
-            loss = _denoising_loss(pipe, scheduler, cache, config.batch_size, generator, device)
+            loss = _denoising_loss(pipe, scheduler, cache, config, generator, device)
             if prior is not None:  # drawn after the data's batch, so runs without reg_data keep their draws
-                loss = loss + config.prior_loss_weight * _denoising_loss(pipe, scheduler, prior, config.batch_size,
-                                                                         generator, device)
+                loss = loss + config.prior_loss_weight * _denoising_loss(pipe, scheduler, prior, config, generator,
+                                                                         device)
         learning_rate = set_learning_rate(optimizer, run.step, config)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -215,10 +215,11 @@ def train_lora(config: LoraTrainConfig, out: str | Path, *, resume: bool = False
         yield LoraEvent(run.step, config.steps, loss.item(), learning_rate, run.seconds, written, validation)
 
 
-def _denoising_loss(pipe, scheduler, cache: _Cache, batch_size: int, generator: torch.Generator,
+def _denoising_loss(pipe, scheduler, cache: _Cache, config: LoraTrainConfig, generator: torch.Generator,
                     device: str) -> torch.Tensor:
     """The base model's loss on a batch of ``cache`` (images, posterior samples, timesteps, noise drawn from
-    ``generator``), through the LoRA-adapted networks."""
+    ``generator``), through the LoRA-adapted networks; masked and Min-SNR weighted as ``config`` says."""
+    batch_size = config.batch_size
     index = torch.randint(0, len(cache.captions), (batch_size,), generator=generator)
     latent_noise = torch.randn(cache.mean[index].shape, generator=generator)
     z_0 = cache.mean[index] + cache.std[index] * latent_noise.to(device)  # (B, C, h, w)
@@ -233,7 +234,8 @@ def _denoising_loss(pipe, scheduler, cache: _Cache, batch_size: int, generator: 
         text = _encode(pipe, [cache.captions[i] for i in index.tolist()])  # (B, L, D)
     prediction = pipe.unet(z_t, t, encoder_hidden_states=text).sample  # (B, C, h, w)
     weight = None if cache.weights is None else cache.weights[index]
-    return weighted_mse(prediction.float(), target.float(), weight)
+    per_sample = min_snr_weight(scheduler, t, config.min_snr_gamma) if config.min_snr_gamma else None
+    return weighted_mse(prediction.float(), target.float(), weight, per_sample)
 
 
 def _precision(config: LoraTrainConfig, device: str):

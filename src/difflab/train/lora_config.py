@@ -54,6 +54,9 @@ class LoraTrainConfig:
     # pictures on a flat background (the subject is what differs from the border colour).
     foreground_weight: float = 0.0
     masks: Optional[str] = None
+    # Min-SNR-gamma (diffusers' --snr_gamma, kohya's --min_snr_gamma; 5 is the paper's value): each sample's loss
+    # weighted min(SNR(t), gamma) / SNR(t). None = every timestep counts the same.
+    min_snr_gamma: Optional[float] = None
     checkpoint_every: int = 100  # steps between training-state checkpoints (and LoRA files) on disk
     validate_every: int = 0  # steps between validation grids; 0 = only at the end when prompts are given
     validation_prompts: tuple[str, ...] = ()  # () = the first 4 distinct captions of the data
@@ -78,6 +81,8 @@ class LoraTrainConfig:
         _require((self.foreground_weight > 0) == (self.masks is not None),
                  "foreground_weight and masks go together: a weight > 0 needs masks (a folder or 'auto'), and "
                  f"masks need a weight > 0; got foreground_weight {self.foreground_weight}, masks {self.masks!r}")
+        _require(self.min_snr_gamma is None or (math.isfinite(self.min_snr_gamma) and 0 < self.min_snr_gamma <= 1000),
+                 f"min_snr_gamma must be in (0, 1000] or None; got {self.min_snr_gamma}")
         _require(1 <= self.rank <= 1024, f"rank must be between 1 and 1024; got {self.rank}")
         _require(self.alpha is None or (math.isfinite(self.alpha) and self.alpha > 0),
                  f"alpha must be a positive number; got {self.alpha}")

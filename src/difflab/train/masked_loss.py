@@ -23,14 +23,31 @@ def latent_weight(mask: torch.Tensor, latent_size: tuple[int, int], foreground_w
     return 1 + foreground_weight * pooled
 
 
-def weighted_mean(error: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+def weighted_mean(error: torch.Tensor, weight: torch.Tensor | None,
+                  sample_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Mean of a (B, C, h, w) per-element error, pixel (b, :, i, j) counting ``weight[b, 0, i, j]`` times
-    (normalised by the total weight, so a weight of ones is the plain mean); None is the plain mean."""
+    (normalised by the total weight, so a weight of ones is the plain mean); None is the plain mean.
+    ``sample_weight`` (B,) scales sample b's share without changing the normaliser, as diffusers' examples apply
+    Min-SNR (loss per sample x weight, then the mean)."""
+    if sample_weight is not None:
+        error = error * sample_weight.to(error.dtype).view(-1, 1, 1, 1)
     if weight is None:
         return error.mean()
     return (error * weight).sum() / (weight.sum() * error.shape[1])
 
 
-def weighted_mse(prediction: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+def weighted_mse(prediction: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
+                 sample_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Mean squared error over (B, C, h, w) latents, weighted per latent pixel as in ``weighted_mean``."""
-    return weighted_mean((prediction - target).pow(2), weight)
+    return weighted_mean((prediction - target).pow(2), weight, sample_weight)
+
+
+def min_snr_weight(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """(B,) Min-SNR-gamma loss weights (Hang et al. 2023) of a diffusers noise scheduler's timesteps, the formula of
+    core.process.min_snr_weight: min(SNR(t), gamma) / SNR(t) for epsilon prediction, / (SNR(t) + 1) for v, as
+    diffusers' examples (``--snr_gamma``) and kohya (``--min_snr_gamma``) weight them. Steps with little noise,
+    where the loss is about texture the model already draws, stop dominating the gradient."""
+    from difflab.core.process import min_snr_weight as weight_of_snr
+
+    alpha_bar = scheduler.alphas_cumprod.to(timesteps.device)[timesteps.long()].double()
+    return weight_of_snr(alpha_bar / (1 - alpha_bar), scheduler.config.prediction_type, gamma).float()
