@@ -90,22 +90,17 @@ show(tiles, columns=len(prompts), name="one-outline.png")
 #
 # Edge adherence: the F1 score of the canny edges of each generated image against the control's edges, with a
 # 2-pixel tolerance (`difflab.eval.edges`). Same prompt and seeds at each scale.
+# (`difflab viz control-scale picture.png -p "a red star on white" --scales 0,0.5,1,1.5`)
 
 # %%
-from difflab.eval.edges import image_edge_f1, mean_f1
+from difflab.viz.control_scale import control_scale_sweep
 
-scales = [0.0, 0.5, 1.0, 1.5]
-seeds = 3
-rows, tiles = [], []
-for scale in scales:
-    request = build_request(prompt="a red star on white", model=MODEL, n=seeds, seed=0,
-                            controls=[{"kind": "canny", "image": str(OUT / "picture.png"), "scale": scale}])
-    images = run(request, cache).images
-    tiles += images
-    rows.append(f"| {scale:g} | {mean_f1([image_edge_f1(image, edges) for image in images]):.2f} |")
-display(Markdown("| conditioning scale | edge F1 |\n|---:|---:|\n" + "\n".join(rows)))
-print(f"rows: scale {', '.join(map(str, scales))}; columns: {seeds} seeds")
-show(tiles, columns=seeds, name="scale-sweep.png")
+sweep = control_scale_sweep(MODEL, str(OUT / "picture.png"), "a red star on white", (0.0, 0.5, 1.0, 1.5), seeds=3,
+                            cache=cache)
+display(Markdown(sweep.table()))
+sweep.grid().save(OUT / "scale-sweep.png")
+print("rows: the scales; each row the control map, then 3 seeds")
+display(Image(filename=OUT / "scale-sweep.png"))
 
 # %% [markdown]
 # At scale 0 the ControlNet is off and the star lands wherever the seed puts it; from about 0.5 the outline

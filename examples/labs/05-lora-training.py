@@ -33,9 +33,9 @@ from pathlib import Path
 
 from IPython.display import Image, Markdown, display
 
-from difflab.engine.pipeline import PipelineCache, run
+from difflab.engine.pipeline import PipelineCache
 from difflab.engine.registry import resolve_model
-from difflab.engine.request import build_request
+from difflab.eval import t2i
 from difflab.eval.adherence import score
 from difflab.viz.grid import make_grid
 
@@ -75,17 +75,8 @@ show([PILImage.open(p) for p in sorted(data.glob("*.png"))[:10]], columns=10, na
 
 # %%
 prompts = ["a red hexagon on white", "a blue hexagon on yellow", "a green hexagon on black", "a purple hexagon on white"]
-
-
-def draw(loras=()):
-    images = []
-    for j, prompt in enumerate(prompts):
-        images += run(build_request(prompt=prompt, model=MODEL, seed=j, n=2, loras=list(loras)), cache).images
-    report = score(images, [p for p in prompts for _ in range(2)])
-    return images, report
-
-
-before, before_report = draw()
+before = [image for group in t2i.generate(prompts, model=MODEL, seeds_per_prompt=2, cache=cache) for image in group]
+before_report = score(before, [p for p in prompts for _ in range(2)])
 print(f"base model: {100 * before_report.accuracy['shape']:.0f}% of the images read as hexagons")
 show(before, columns=8, name="before.png", scale=2)
 
@@ -123,15 +114,15 @@ print(f"LoRA file: {lora_file.stat().st_size / 2**20:.2f} MB; the whole model: {
 # A LoRA is applied at generation time with a weight: `--lora PATH:WEIGHT`, several combine
 # (`--lora a:0.7 --lora b:0.5`). The engine loads it for one request and always unloads it after.
 # Rows: weight 0 (the base model), 0.5, 1, 1.5; same prompts and seeds in every row.
+# (`difflab viz lora-weights outputs/lab05/lora -p "a red hexagon on white" --weights 0,0.5,1,1.5`)
 
 # %%
-rows, tiles = [], []
-for weight in (0.0, 0.5, 1.0, 1.5):
-    images, report = draw([f"{OUT / 'lora'}:{weight}"] if weight else [])
-    tiles += images
-    rows.append(f"| {weight:g} | {100 * report.accuracy['shape']:.0f}% | {100 * (report.accuracy['color'] or 0):.0f}% |")
-display(Markdown("| LoRA weight | read as hexagon | colour right |\n|---:|---:|---:|\n" + "\n".join(rows)))
-show(tiles, columns=8, name="weights.png", scale=2)
+from difflab.viz.lora_weights import lora_weight_sweep
+
+sweep = lora_weight_sweep(MODEL, str(OUT / "lora"), prompts, (0.0, 0.5, 1.0, 1.5), seeds=2, cache=cache)
+display(Markdown(sweep.table()))
+sweep.grid().save(OUT / "weights.png")
+display(Image(filename=OUT / "weights.png"))
 
 # %% [markdown]
 # After 30 steps the LoRA has barely started: compare the full run's numbers in `bench/lora_hexagon.py`'s

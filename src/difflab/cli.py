@@ -25,6 +25,9 @@ from difflab.eval.cli import eval_app  # noqa: E402  (typer only)
 app.add_typer(eval_app, name="eval")
 from difflab.control_cli import control_app  # noqa: E402  (typer only)
 app.add_typer(control_app, name="control")
+from difflab.viz.sweep_commands import control_scale_command, lora_weights_command  # noqa: E402  (typer only)
+viz_app.command("lora-weights")(lora_weights_command)
+viz_app.command("control-scale")(control_scale_command)
 
 
 def fail(message: str) -> None:
@@ -44,6 +47,17 @@ def user_errors(command: Callable) -> Callable:
             fail(str(error))
 
     return wrapper
+
+
+def comma_numbers(text: str, option: str, low: float, high: float) -> list[float]:
+    """``"0,0.5,1"`` -> [0.0, 0.5, 1.0]; anything else, or a number outside [low, high], fails naming the option."""
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values or any(not (low <= value <= high) for value in values):
+        fail(f"{option} must be comma-separated numbers in [{low:g}, {high:g}]; got {text!r}")
+    return values
 
 
 def bundled_digits_checkpoint() -> Path:

@@ -73,7 +73,7 @@ def test_measurements_run_through_the_engine(tiny_sd_folder: Path) -> None:
 
 @pytest.mark.parametrize("arguments,message", [
     (["guidance-sweep", "--guidances", "1,x"], "guidances must be comma-separated numbers"),
-    (["guidance-sweep", "--guidances", "-1"], "guidances must be numbers in [0, 1000)"),
+    (["guidance-sweep", "--guidances", "-1"], "guidances must be comma-separated numbers in [0, 999]"),
     (["adherence", "--scheduler", "warp"], "scheduler must be one of"),
     (["adherence", "--prompts", "long"], "prompts must be full or short"),
     (["adherence", "--guidance-end", "0"], "guidance_end: Input should be greater than 0"),

@@ -96,18 +96,13 @@ def guidance_sweep_command(
     out: Path = typer.Option(Path("outputs/guidance-sweep"), "--out", "-o"),
 ) -> None:
     """Classifier-free guidance trade-off: adherence and diversity side by side per scale, and the image grid."""
-    from difflab.cli import fail, progress_bar, user_errors
+    from difflab.cli import comma_numbers, progress_bar, user_errors
 
     @user_errors
     def run() -> None:
         from difflab.eval import t2i
 
-        try:
-            scales = [float(g) for g in guidances.split(",") if g.strip()]
-        except ValueError:
-            fail(f"guidances must be comma-separated numbers; got {guidances!r}")
-        if not scales or any(not (0 <= g < 1000) for g in scales):
-            fail(f"guidances must be numbers in [0, 1000); got {guidances!r}")
+        scales = comma_numbers(guidances, "guidances", 0.0, 999.0)
         _check(model, steps=steps, scheduler=scheduler)
         prompts = t2i.minimal_prompts()
         with progress_bar("guidance sweep") as progress:

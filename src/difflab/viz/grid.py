@@ -20,29 +20,36 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
 def make_grid(
     images: Sequence[Image.Image], columns: int | None = None, *, scale: int = 1, padding: int = 2,
     background: int | tuple[int, int, int] = 255, labels: Sequence[str] | None = None,
+    row_labels: Sequence[str] | None = None,
 ) -> Image.Image:
     """Tile images row by row (``columns`` defaults to a near-square layout); nearest-neighbour ``scale`` keeps
-    small images' pixels sharp. ``labels`` (one per column) are written above the columns."""
+    small images' pixels sharp. ``labels`` (one per column) are written above the columns, ``row_labels`` (one per
+    row) in a margin to the left of the rows."""
     if not images:
         raise ValueError("make_grid needs at least one image")
     columns = columns or math.ceil(math.sqrt(len(images)))
     rows = math.ceil(len(images) / columns)
     width, height = images[0].width * scale, images[0].height * scale
     top = 14 if labels else 0
-    mode = "RGB" if any(im.mode != "L" for im in images) or labels else "L"
+    left = 6 * max(len(str(label)) for label in row_labels) + 4 if row_labels else 0  # the default font: ~6 px a glyph
+    mode = "RGB" if any(im.mode != "L" for im in images) or labels or row_labels else "L"
     fill = background if mode == "RGB" or isinstance(background, int) else background[0]
     if mode == "RGB" and isinstance(fill, int):
         fill = (fill, fill, fill)
-    grid = Image.new(mode, (columns * (width + padding) + padding, top + rows * (height + padding) + padding), fill)
+    grid = Image.new(mode, (left + columns * (width + padding) + padding, top + rows * (height + padding) + padding),
+                     fill)
     for i, image in enumerate(images):
         tile = image.convert(mode).resize((width, height), Image.NEAREST)
-        grid.paste(tile, (padding + (i % columns) * (width + padding), top + padding + (i // columns) * (height + padding)))
-    if labels:
+        grid.paste(tile, (left + padding + (i % columns) * (width + padding),
+                          top + padding + (i // columns) * (height + padding)))
+    if labels or row_labels:
         from PIL import ImageDraw
 
         draw = ImageDraw.Draw(grid)
-        for column, label in enumerate(labels[:columns]):
-            draw.text((padding + column * (width + padding), 1), str(label), fill=(0, 0, 0))
+        for column, label in enumerate((labels or [])[:columns]):
+            draw.text((left + padding + column * (width + padding), 1), str(label), fill=(0, 0, 0))
+        for row, label in enumerate((row_labels or [])[:rows]):
+            draw.text((2, top + padding + row * (height + padding) + height // 2 - 5), str(label), fill=(0, 0, 0))
     return grid
 
 
