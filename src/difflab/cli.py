@@ -25,9 +25,6 @@ from difflab.eval.cli import eval_app  # noqa: E402  (typer only)
 app.add_typer(eval_app, name="eval")
 from difflab.control_cli import control_app  # noqa: E402  (typer only)
 app.add_typer(control_app, name="control")
-from difflab.viz.sweep_commands import control_scale_command, lora_weights_command  # noqa: E402  (typer only)
-viz_app.command("lora-weights")(lora_weights_command)
-viz_app.command("control-scale")(control_scale_command)
 
 
 def fail(message: str) -> None:
@@ -454,6 +451,15 @@ def explain_command(
         return
     for line in explain(topic, out, model=model, digits=checkpoint, seed=seed):
         typer.echo(line)
+
+
+# The lab pictures made in other modules, after the ones above so `difflab viz --help` lists them in lab order
+from difflab.eval.cli import guidance_sweep_command  # noqa: E402  (typer only)
+from difflab.viz.sweep_commands import control_scale_command, lora_weights_command  # noqa: E402  (typer only)
+
+viz_app.command("guidance")(guidance_sweep_command)  # the same command as `difflab eval guidance-sweep`
+viz_app.command("control-scale")(control_scale_command)
+viz_app.command("lora-weights")(lora_weights_command)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -112,6 +112,7 @@ def test_cli_writes_the_grid_and_table(tiny_sd_folder, tiny_lora, sd_controlnet,
     (["lora-weights", "no-such-lora", "-p", "x"], "not found in the LoRA folder"),
     (["control-scale", "missing.png", "-p", "x"], "picture 'missing.png' is not a file"),
     (["control-scale", "{picture}", "-p", "x", "--scales", "3"], "scales must be comma-separated numbers in [0, 2]"),
+    (["guidance", "--guidances", "1,x"], "guidances must be comma-separated numbers"),  # = eval guidance-sweep
 ])
 def test_cli_bad_input_is_refused_before_drawing(arguments, message, tiny_lora, square_png, tmp_path):  # noqa: F811
     out = tmp_path / "out"
