@@ -21,9 +21,9 @@
 # The bundled `tiny-shapes` model was trained on circles, squares, triangles and stars; hexagons were held out on
 # purpose. This lab writes a 20-image hexagon dataset, trains a LoRA on it for a few steps, and shows the model
 # before and after, and at several LoRA weights, read back by the shapes analyzer. A few steps only start the job:
-# `bench/lora_hexagon.py` is the full run (1600 steps of a LoCon with prior preservation and a masked loss,
-# measured before/after adherence). On a GPU set `MODEL` to an
-# SD1.5-family model (LoRA training supports the `sd` family for now).
+# `bench/lora_hexagon.py` is the full run (1600 steps of a LoCon with prior preservation, a masked loss and
+# Min-SNR weighting, measured before/after adherence). On a GPU set `MODEL` to an
+# SD1.5-family model or SDXL (LoRA training supports the `sd` and `sdxl` families for now).
 
 # %%
 MODEL = "tiny-shapes"
@@ -87,7 +87,8 @@ show(before, columns=8, name="before.png", scale=2)
 # to_out.0; `network="locon"` also adapts the ResNet convolutions, where outlines are drawn), caches the VAE
 # latents of the images, and minimises the base model's own denoising loss on them (with `reg_data`, plus the loss
 # on images the base model drew itself: DreamBooth's prior preservation, which keeps the old shapes; with
-# `foreground_weight` and `masks`, the latent pixels under the hexagon count more, kohya's masked loss). It yields an
+# `foreground_weight` and `masks`, the latent pixels under the hexagon count more, kohya's masked loss; with
+# `min_snr_gamma`, the steps of middle noise count most, Min-SNR weighting). It yields an
 # event per step and writes the LoRA in diffusers and kohya formats with a JSON record.
 # (`difflab train lora --data hexagons --trigger hexagon --steps 30 -o lora`)
 

@@ -45,7 +45,9 @@ from difflab.train.loop import (
 from difflab.train.masked_loss import min_snr_weight, weighted_mse
 
 DIFFUSERS_NAME = "pytorch_lora_weights.safetensors"  # diffusers' save_lora_weights default name
-SUPPORTED_FAMILIES = ("sd",)  # the StableDiffusionPipeline family; SDXL and Flux bases are not done yet
+# family -> diffusers pipeline class; Flux bases (a transformer and flow matching) are not done yet
+PIPELINE_CLASSES = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"}
+SUPPORTED_FAMILIES = tuple(PIPELINE_CLASSES)
 
 
 @dataclass(frozen=True)
@@ -64,32 +66,40 @@ class LoraEvent:
 
 def load_base(config: LoraTrainConfig, device: str = "cpu"):
     """(pipeline, resolved model) of the base, frozen, with fresh LoRA adapters seeded by ``config.seed``."""
-    from diffusers import StableDiffusionPipeline
-    from peft import LoraConfig
+    import diffusers
 
     from difflab.engine.registry import resolve_model
 
     model = resolve_model(config.base)
     if model.family not in SUPPORTED_FAMILIES:
-        raise ValueError(f"base: LoRA training supports the {', '.join(SUPPORTED_FAMILIES)} family for now; "
+        raise ValueError(f"base: LoRA training supports the {', '.join(SUPPORTED_FAMILIES)} families for now; "
                          f"{config.base!r} is {model.family}")
+    pipeline_class = getattr(diffusers, PIPELINE_CLASSES[model.family])
     if model.single_file:
-        pipe = StableDiffusionPipeline.from_single_file(str(model.path), local_files_only=True)
+        pipe = pipeline_class.from_single_file(str(model.path), local_files_only=True)
     else:
-        pipe = StableDiffusionPipeline.from_pretrained(str(model.path), use_safetensors=True, local_files_only=True,
-                                                       safety_checker=None, requires_safety_checker=False)
+        extra = dict(safety_checker=None, requires_safety_checker=False) if model.family == "sd" else {}
+        pipe = pipeline_class.from_pretrained(str(model.path), use_safetensors=True, local_files_only=True, **extra)
     pipe.set_progress_bar_config(disable=True)
-    for part in (pipe.vae, pipe.text_encoder, pipe.unet):
+    for part in (pipe.vae, pipe.unet, *text_encoders(pipe).values()):
         part.requires_grad_(False).eval()
     torch.manual_seed(config.seed)  # the LoRA A matrices' initialisation
     pipe.unet.add_adapter(_lora_config(config, UNET_NETWORKS[config.network]))
-    if config.text_encoder_lora:
-        pipe.text_encoder.add_adapter(_lora_config(config, TEXT_ENCODER_TARGETS))
+    if config.text_encoder_lora:  # SDXL: both CLIP encoders, as diffusers' SDXL example and kohya's sdxl script
+        for encoder in text_encoders(pipe).values():
+            encoder.add_adapter(_lora_config(config, TEXT_ENCODER_TARGETS))
     if config.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
         if config.text_encoder_lora:
-            pipe.text_encoder.gradient_checkpointing_enable()
+            for encoder in text_encoders(pipe).values():
+                encoder.gradient_checkpointing_enable()
     return pipe.to(device), model
+
+
+def text_encoders(pipe) -> dict[str, torch.nn.Module]:
+    """The pipeline's text encoders by component name: ``text_encoder`` (SD) and ``text_encoder_2`` (SDXL)."""
+    names = ("text_encoder", "text_encoder_2")
+    return {name: getattr(pipe, name) for name in names if getattr(pipe, name, None) is not None}
 
 
 def _lora_config(config: LoraTrainConfig, targets: Sequence[str]):
@@ -101,7 +111,7 @@ def _lora_config(config: LoraTrainConfig, targets: Sequence[str]):
 
 
 def trainable(pipe, config: LoraTrainConfig) -> dict[str, dict[str, torch.nn.Parameter]]:
-    parts = {"unet": pipe.unet, **({"text_encoder": pipe.text_encoder} if config.text_encoder_lora else {})}
+    parts = {"unet": pipe.unet, **(text_encoders(pipe) if config.text_encoder_lora else {})}
     return {name: {k: p for k, p in module.named_parameters() if p.requires_grad} for name, module in parts.items()}
 
 
@@ -114,7 +124,9 @@ class _Cache:
     std: torch.Tensor  # (N, C, h, w)
     captions: tuple[str, ...]
     embeddings: Optional[torch.Tensor] = None  # (N, L, D) when the text encoder is frozen
+    pooled: Optional[torch.Tensor] = None  # (N, P) SDXL's pooled text embeddings, when frozen
     weights: Optional[torch.Tensor] = None  # (N, 1, h, w) loss weights of the latent pixels (masked loss)
+    time_ids: Optional[torch.Tensor] = None  # (1, 6) SDXL's micro-conditioning: original size, crop, target size
 
 
 @torch.no_grad()
@@ -128,12 +140,26 @@ def _cache_data(pipe, config: LoraTrainConfig, resolution: int, device: str, fol
     data = load_captioned_folder(folder or config.data, resolution, config.trigger, config.caption_template)
     cache = _Cache(*encode_posteriors(pipe.vae, data.pixels, device, chunk=16), data.captions)
     if not config.text_encoder_lora:  # a frozen text encoder gives the same embedding every step
-        cache.embeddings = _encode(pipe, list(data.captions))
+        cache.embeddings, cache.pooled = _conditioning(pipe, list(data.captions))
+    if "text_encoder_2" in text_encoders(pipe):  # the whole image, uncropped, at the training size
+        cache.time_ids = pipe._get_add_time_ids(
+            (resolution, resolution), (0, 0), (resolution, resolution), dtype=torch.float32,
+            text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim).to(device)
     if folder is None and config.masks is not None:
         masks = foreground_mask(data.pixels) if config.masks == "auto" else load_masks(data.paths, config.masks,
                                                                                          resolution)
         cache.weights = latent_weight(masks, cache.mean.shape[-2:], config.foreground_weight).to(device)
     return cache
+
+
+def _conditioning(pipe, captions: list[str]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(embeddings (B, L, D), SDXL's pooled embeddings (B, P) or None) as the pipeline's own encode_prompt makes
+    them for sampling, so the LoRA learns on the conditioning it will see."""
+    if "text_encoder_2" not in text_encoders(pipe):
+        return _encode(pipe, captions), None
+    embeddings, _, pooled, _ = pipe.encode_prompt(captions, device=pipe.unet.device, num_images_per_prompt=1,
+                                                  do_classifier_free_guidance=False)
+    return embeddings, pooled
 
 
 def _encode(pipe, captions: list[str]) -> torch.Tensor:
@@ -167,17 +193,15 @@ def train_lora(config: LoraTrainConfig, out: str | Path, *, resume: bool = False
     params = trainable(pipe, config)
     text_scale = (config.text_encoder_learning_rate or config.learning_rate) / config.learning_rate
     groups = [{"params": list(params["unet"].values()), "lr_scale": 1.0}]
-    if "text_encoder" in params:
-        groups.append({"params": list(params["text_encoder"].values()), "lr_scale": text_scale})
+    groups += [{"params": list(named.values()), "lr_scale": text_scale} for part, named in params.items()
+               if part != "unet"]
     optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
     run = Run()
     if resume and (out / STATE_NAME).is_file():
         load_state(out, _state_tensors(params), optimizer, run)
     all_params = [p for group in groups for p in group["params"]]
     autocast, scaler = _precision(config, device)
-    pipe.unet.train()
-    if config.text_encoder_lora:
-        pipe.text_encoder.train()
+    _train_mode(pipe, config)
     started = time.perf_counter() - run.seconds
 
     while run.step < config.steps:
@@ -209,10 +233,15 @@ def train_lora(config: LoraTrainConfig, out: str | Path, *, resume: bool = False
             written = out
         if (config.validate_every and run.step % config.validate_every == 0) or (last and config.validate_every):
             validation = write_validation(pipe, config, out, run.step, cache.captions)
-            pipe.unet.train()
-            if config.text_encoder_lora:
-                pipe.text_encoder.train()
+            _train_mode(pipe, config)
         yield LoraEvent(run.step, config.steps, loss.item(), learning_rate, run.seconds, written, validation)
+
+
+def _train_mode(pipe, config: LoraTrainConfig) -> None:
+    pipe.unet.train()
+    if config.text_encoder_lora:
+        for encoder in text_encoders(pipe).values():
+            encoder.train()
 
 
 def _denoising_loss(pipe, scheduler, cache: _Cache, config: LoraTrainConfig, generator: torch.Generator,
@@ -229,10 +258,13 @@ def _denoising_loss(pipe, scheduler, cache: _Cache, config: LoraTrainConfig, gen
     z_t = scheduler.add_noise(z_0, eps, t)
     target = eps if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(z_0, eps, t)
     if cache.embeddings is not None:
-        text = cache.embeddings[index]
+        text, pooled = cache.embeddings[index], None if cache.pooled is None else cache.pooled[index]
     else:
-        text = _encode(pipe, [cache.captions[i] for i in index.tolist()])  # (B, L, D)
-    prediction = pipe.unet(z_t, t, encoder_hidden_states=text).sample  # (B, C, h, w)
+        text, pooled = _conditioning(pipe, [cache.captions[i] for i in index.tolist()])  # (B, L, D), (B, P)
+    extra = {}
+    if cache.time_ids is not None:  # SDXL: pooled text and the size/crop numbers join the time embedding
+        extra["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": cache.time_ids.repeat(batch_size, 1)}
+    prediction = pipe.unet(z_t, t, encoder_hidden_states=text, **extra).sample  # (B, C, h, w)
     weight = None if cache.weights is None else cache.weights[index]
     per_sample = min_snr_weight(scheduler, t, config.min_snr_gamma) if config.min_snr_gamma else None
     return weighted_mse(prediction.float(), target.float(), weight, per_sample)
@@ -266,14 +298,13 @@ def peft_state_dicts(pipe, config: LoraTrainConfig) -> dict[str, dict[str, torch
 
     dicts = {"unet": get_peft_model_state_dict(pipe.unet)}
     if config.text_encoder_lora:
-        dicts["text_encoder"] = get_peft_model_state_dict(pipe.text_encoder)
+        dicts.update({name: get_peft_model_state_dict(encoder) for name, encoder in text_encoders(pipe).items()})
     return {part: {k: v.detach().float().cpu().contiguous() for k, v in sd.items()} for part, sd in dicts.items()}
 
 
 def save_lora(pipe, config: LoraTrainConfig, out: Path, model=None, run: Optional[Run] = None,
               num_images: int = 0) -> Path:
     """Write the diffusers file, the kohya export and the JSON record; each file replaced atomically."""
-    from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
 
     dicts = peft_state_dicts(pipe, config)
@@ -286,16 +317,18 @@ def save_lora(pipe, config: LoraTrainConfig, out: Path, model=None, run: Optiona
     # peft's names throughout, which load_lora_weights reads as they are.
     unet = dicts["unet"] if config.network != "attention" else convert_state_dict_to_diffusers(dicts["unet"])
     layers = {"unet_lora_layers": unet}
-    if "text_encoder" in dicts:
-        layers["text_encoder_lora_layers"] = convert_state_dict_to_diffusers(dicts["text_encoder"])
-        metadata["text_encoder_lora_adapter_metadata"] = _adapter_metadata(pipe.text_encoder)
+    encoders = {name: state for name, state in dicts.items() if name != "unet"}
+    for name, state in encoders.items():  # text_encoder, and SDXL's text_encoder_2
+        layers[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(state)
+        metadata[f"{name}_lora_adapter_metadata"] = _adapter_metadata(getattr(pipe, name))
     with tempfile.TemporaryDirectory(dir=out, prefix=".lora-") as temporary:
-        StableDiffusionPipeline.save_lora_weights(temporary, **layers, **metadata, safe_serialization=True)
+        # the pipeline class's own writer (StableDiffusionPipeline's or StableDiffusionXLPipeline's)
+        type(pipe).save_lora_weights(temporary, **layers, **metadata, safe_serialization=True)
         os.replace(Path(temporary) / DIFFUSERS_NAME, out / DIFFUSERS_NAME)
     # 2. kohya format
     record = training_record(config, model, run, num_images)
     kohya_path = out / "kohya" / f"{out.resolve().name}.safetensors"
-    tensors = to_kohya(dicts["unet"], dicts.get("text_encoder"), config.lora_alpha)
+    tensors = to_kohya(dicts["unet"], encoders, config.lora_alpha)
     atomic_save_safetensors(tensors, kohya_path, metadata=kohya_metadata(config, record, kohya_path.stem))
     # 3. the record
     record["files"] = {"diffusers": DIFFUSERS_NAME, "kohya": str(kohya_path.relative_to(out))}
@@ -308,20 +341,25 @@ def _adapter_metadata(module) -> dict[str, Any]:
     return {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
 
 
-def to_kohya(unet: dict[str, torch.Tensor], text_encoder: Optional[dict[str, torch.Tensor]],
+def to_kohya(unet: dict[str, torch.Tensor], text_encoders: Optional[dict[str, dict[str, torch.Tensor]]],
              alpha: float) -> dict[str, torch.Tensor]:
-    """peft LoRA weights -> kohya-ss keys, as A1111/ComfyUI read SD1.x LoRAs:
+    """peft LoRA weights -> kohya-ss keys, as A1111/ComfyUI read SD1.x and SDXL LoRAs:
 
     ``down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight`` ->
     ``lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight`` (B -> lora_up),
-    text encoder ``...layers.0.self_attn.q_proj`` -> ``lora_te_text_model_encoder_layers_0_self_attn_q_proj``, and
-    one ``.alpha`` scalar per layer. diffusers' convert_state_dict_to_kohya writes alpha = rank whatever the real
-    alpha was; kohya's scale is alpha / rank, so the true alpha is written here.
+    text encoder ``...layers.0.self_attn.q_proj`` -> ``lora_te_text_model_encoder_layers_0_self_attn_q_proj``
+    (SDXL's two: ``lora_te1_...`` and ``lora_te2_...``), and one ``.alpha`` scalar per layer. ``text_encoders``
+    maps component names (``text_encoder``, ``text_encoder_2``) to their weights. diffusers'
+    convert_state_dict_to_kohya writes alpha = rank whatever the real alpha was; kohya's scale is alpha / rank, so
+    the true alpha is written here.
     """
     tensors: dict[str, torch.Tensor] = {}
     parts = [("lora_unet_", "", unet)]
-    if text_encoder:
-        parts.append(("lora_te_", "text_model.", text_encoder))
+    text_encoders = {name: state for name, state in (text_encoders or {}).items() if state}
+    two = "text_encoder_2" in text_encoders
+    for name, state in text_encoders.items():
+        prefix = ("lora_te2_" if name == "text_encoder_2" else "lora_te1_") if two else "lora_te_"
+        parts.append((prefix, "text_model.", state))
     for prefix, root, state in parts:
         for key, value in state.items():
             for peft_name, kohya_name in ((".lora_A.weight", "lora_down"), (".lora_B.weight", "lora_up")):
@@ -343,7 +381,7 @@ def kohya_metadata(config: LoraTrainConfig, record: dict[str, Any], output_name:
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(config.rank),
         "ss_network_alpha": f"{config.lora_alpha:g}",
-        "ss_base_model_version": "sd_v1",
+        "ss_base_model_version": "sdxl_base_v1-0" if record["base"].get("family") == "sdxl" else "sd_v1",
         "ss_sd_model_name": record["base"]["name"],
         "ss_new_sd_model_hash": record["base"].get("hash") or "",
         "ss_output_name": output_name,
@@ -407,8 +445,8 @@ def write_validation(pipe, config: LoraTrainConfig, out: Path, step: int, captio
     from difflab.viz.grid import make_grid, png_bytes
 
     prompts = validation_prompts(config, captions)
-    pipe.unet.eval()
-    pipe.text_encoder.eval()
+    for part in (pipe.unet, *text_encoders(pipe).values()):
+        part.eval()
     training_scheduler = pipe.scheduler
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(training_scheduler.config)
     generators = [torch.Generator().manual_seed(config.seed + i) for i in range(len(prompts))]

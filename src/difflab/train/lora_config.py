@@ -29,7 +29,7 @@ def _require(condition: bool, message: str) -> None:
 
 @dataclass(frozen=True)
 class LoraTrainConfig:
-    base: str  # model preset, diffusers folder or hub id (cached) of a Stable Diffusion 1.x-family pipeline
+    base: str  # model preset, diffusers folder or hub id (cached) of a Stable Diffusion 1.x-family or SDXL pipeline
     data: str  # folder of images with same-named .txt captions
     trigger: str  # word that calls up the learnt concept; fills {trigger} in caption_template
     caption_template: str = "{trigger}"  # caption of an image that has no .txt file
