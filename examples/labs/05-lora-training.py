@@ -23,7 +23,7 @@
 # before and after, and at several LoRA weights, read back by the shapes analyzer. A few steps only start the job:
 # `bench/lora_hexagon.py` is the full run (1600 steps of a LoCon with prior preservation, a masked loss and
 # Min-SNR weighting, measured before/after adherence). On a GPU set `MODEL` to an
-# SD1.5-family model or SDXL (LoRA training supports the `sd` and `sdxl` families for now).
+# SD1.5-family model, SDXL or Flux (LoRA training supports the `sd`, `sdxl` and `flux` families).
 
 # %%
 MODEL = "tiny-shapes"

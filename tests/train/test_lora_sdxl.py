@@ -1,6 +1,6 @@
 """LoRA training on a tiny random SDXL pipeline (both text encoders, micro-conditioning): the files load in plain
 diffusers and give what the trained adapters give in memory, the kohya export names both encoders and round-trips,
-and the engine draws it; a Flux base is refused by name."""
+and the engine draws it; an SD3 base is refused by name."""
 
 from __future__ import annotations
 
@@ -111,11 +111,11 @@ def test_the_engine_draws_it_and_weight_zero_is_the_base(trained, sdxl_folder):
     assert np.array_equal(again, base)  # unloaded after the request: nothing leaks into the next
 
 
-def test_a_flux_base_is_refused_by_name(tmp_path):
+def test_an_sd3_base_is_refused_by_name(tmp_path):
     from difflab.train.lora import load_base
     from difflab.train.lora_config import LoraTrainConfig
     from tests.engine.family_fixtures import save_family_pipeline
 
-    flux = save_family_pipeline("flux", tmp_path / "flux")
-    with pytest.raises(ValueError, match="LoRA training supports the sd, sdxl families for now"):
-        load_base(LoraTrainConfig(base=str(flux), data="unused", trigger="hexagon"))
+    sd3 = save_family_pipeline("sd3", tmp_path / "sd3")
+    with pytest.raises(ValueError, match="LoRA training supports the sd, sdxl, flux families for now; .* is sd3"):
+        load_base(LoraTrainConfig(base=str(sd3), data="unused", trigger="hexagon"))

@@ -70,8 +70,10 @@ def lora(
                                         "for subjects on a flat background."),
     min_snr_gamma: Optional[float] = typer.Option(None, min=0.001, max=1000.0, help="Min-SNR-gamma loss weighting "
                                                   "(diffusers' --snr_gamma; 5 is usual) [default: off]."),
-    network: str = typer.Option("attention", help="U-Net layers adapted: attention (diffusers' example), transformer "
-                                "(+ projections and feed-forward, kohya's LoRA) or locon (+ ResNet 3x3 convs)."),
+    network: str = typer.Option("attention", help="Layers adapted: attention (diffusers' example), transformer "
+                                "(+ projections and feed-forward, kohya's LoRA) or locon (+ ResNet 3x3 convs; U-Net "
+                                "bases only). On Flux: attention = the image stream's q/k/v/out, transformer = "
+                                "diffusers' Flux example's layers."),
     validate_every: int = typer.Option(0, help="Write validation images every N steps (0: never)."),
     validation_prompt: list[str] = typer.Option([], "--validation-prompt", help="Repeatable [default: the first "
                                                 "4 captions]."),

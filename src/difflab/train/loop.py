@@ -98,15 +98,16 @@ def read_losses(out: Path) -> list[tuple[int, float]]:
 
 @torch.no_grad()
 def encode_posteriors(vae, pixels: torch.Tensor, device: str, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, std) of q(z | x) for (N, 3, H, W) pixels in [-1, 1], both times the VAE's scaling_factor, encoded
-    ``chunk`` images at a time: the VAE is frozen, so each step only samples mean + std * noise."""
+    """(mean, std) of q(z | x) for (N, 3, H, W) pixels in [-1, 1] in the denoiser's units, (mean - shift_factor) x
+    scaling_factor and std x scaling_factor (Flux's VAE has a shift, SD's none), encoded ``chunk`` images at a
+    time: the VAE is frozen, so each step only samples mean + std * noise."""
     means, stds = [], []
     for start in range(0, len(pixels), chunk):
         posterior = vae.encode(pixels[start:start + chunk].to(device)).latent_dist
         means.append(posterior.mean)
         stds.append(posterior.std)
-    scale = vae.config.scaling_factor
-    return torch.cat(means) * scale, torch.cat(stds) * scale  # (N, C, h, w) each
+    scale, shift = vae.config.scaling_factor, getattr(vae.config, "shift_factor", None) or 0.0
+    return (torch.cat(means) - shift) * scale, torch.cat(stds) * scale  # (N, C, h, w) each
 
 
 def save_pretrained_atomically(model, folder: Path) -> None:

@@ -1,4 +1,4 @@
-"""LoRA fine-tuning of a Stable Diffusion-family pipeline, as a generator of progress events.
+"""LoRA fine-tuning of a Stable Diffusion 1.x, SDXL or Flux pipeline, as a generator of progress events.
 
 LoRA (Hu et al. 2021) freezes a layer's weight W and learns a low-rank update, ``W + (alpha / r) * B A`` with
 A (r x in) and B (out x r), B starting at zero so step 0 is the base model. As diffusers'
@@ -9,14 +9,15 @@ base model's denoising loss on the LoRA's images:
     z_0 = scaling_factor * sample of q(z | x) (cached VAE posteriors),  t ~ U{0..T-1},  eps ~ N(0, I)
     loss = || target - unet(sqrt(ab_t) z_0 + sqrt(1 - ab_t) eps, t, text_encoder(caption)) ||^2
 
-with target eps or v per the base model's scheduler. Every random draw of step k comes from a generator seeded
-with (seed, k), and the training state (LoRA weights, AdamW moments, step) is saved as safetensors, so
+with target eps or v per the base model's scheduler; SDXL's U-Net also takes the pooled text and the size/crop
+numbers, and Flux's transformer is trained by flow matching instead (train/flow_matching.py). Every random draw
+of step k comes from a generator seeded with (seed, k), and the training state (LoRA weights, AdamW moments, step) is saved as safetensors, so
 ``resume`` continues exactly as the uninterrupted run would have.
 
 Layout of ``out``::
 
     pytorch_lora_weights.safetensors   diffusers format: pipe.load_lora_weights(out) loads it
-    kohya/<out name>.safetensors       kohya format (lora_unet_..., .alpha, ss_* metadata): A1111, ComfyUI
+    kohya/<out name>.safetensors       kohya format (lora_unet_..., .alpha, ss_* metadata): A1111, ComfyUI (SD, SDXL)
     training.json                      how it was trained: config, base model hash, steps, time, final loss
     training_state.safetensors         LoRA weights + optimizer state, for --resume
     loss.csv, loss.png                 per-step loss and its curve
@@ -38,15 +39,15 @@ import torch
 
 from difflab.core.checkpoint import atomic_save_safetensors, atomic_write_bytes
 from difflab.core.train import set_learning_rate, step_generator
-from difflab.train.lora_config import TEXT_ENCODER_TARGETS, UNET_NETWORKS, LoraTrainConfig
+from difflab.train.lora_config import FLUX_NETWORKS, TEXT_ENCODER_TARGETS, UNET_NETWORKS, LoraTrainConfig
 from difflab.train.loop import (
     RECORD_NAME, STATE_NAME, Run, check_out, encode_posteriors, load_state, save_state,
 )
 from difflab.train.masked_loss import min_snr_weight, weighted_mse
 
 DIFFUSERS_NAME = "pytorch_lora_weights.safetensors"  # diffusers' save_lora_weights default name
-# family -> diffusers pipeline class; Flux bases (a transformer and flow matching) are not done yet
-PIPELINE_CLASSES = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"}
+# family -> diffusers pipeline class (Flux: a transformer trained by flow matching, train/flow_matching.py)
+PIPELINE_CLASSES = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline", "flux": "FluxPipeline"}
 SUPPORTED_FAMILIES = tuple(PIPELINE_CLASSES)
 
 
@@ -74,6 +75,8 @@ def load_base(config: LoraTrainConfig, device: str = "cpu"):
     if model.family not in SUPPORTED_FAMILIES:
         raise ValueError(f"base: LoRA training supports the {', '.join(SUPPORTED_FAMILIES)} families for now; "
                          f"{config.base!r} is {model.family}")
+    if model.family == "flux":
+        _check_flux_settings(config)
     pipeline_class = getattr(diffusers, PIPELINE_CLASSES[model.family])
     if model.single_file:
         pipe = pipeline_class.from_single_file(str(model.path), local_files_only=True)
@@ -81,23 +84,51 @@ def load_base(config: LoraTrainConfig, device: str = "cpu"):
         extra = dict(safety_checker=None, requires_safety_checker=False) if model.family == "sd" else {}
         pipe = pipeline_class.from_pretrained(str(model.path), use_safetensors=True, local_files_only=True, **extra)
     pipe.set_progress_bar_config(disable=True)
-    for part in (pipe.vae, pipe.unet, *text_encoders(pipe).values()):
+    for part in (pipe.vae, denoiser(pipe), *text_encoders(pipe).values()):
         part.requires_grad_(False).eval()
     torch.manual_seed(config.seed)  # the LoRA A matrices' initialisation
-    pipe.unet.add_adapter(_lora_config(config, UNET_NETWORKS[config.network]))
+    networks = FLUX_NETWORKS if model.family == "flux" else UNET_NETWORKS
+    denoiser(pipe).add_adapter(_lora_config(config, networks[config.network]))
     if config.text_encoder_lora:  # SDXL: both CLIP encoders, as diffusers' SDXL example and kohya's sdxl script
         for encoder in text_encoders(pipe).values():
             encoder.add_adapter(_lora_config(config, TEXT_ENCODER_TARGETS))
     if config.gradient_checkpointing:
-        pipe.unet.enable_gradient_checkpointing()
+        denoiser(pipe).enable_gradient_checkpointing()
         if config.text_encoder_lora:
             for encoder in text_encoders(pipe).values():
                 encoder.gradient_checkpointing_enable()
     return pipe.to(device), model
 
 
+def _check_flux_settings(config: LoraTrainConfig) -> None:
+    if config.network not in FLUX_NETWORKS:
+        raise ValueError(f"network: a Flux base takes {' or '.join(FLUX_NETWORKS)} (its transformer has no "
+                         f"convolutions for {config.network}); got {config.network!r}")
+    if config.text_encoder_lora:
+        raise ValueError("text_encoder_lora: on a Flux base only the transformer gets adapters for now")
+    if config.min_snr_gamma:
+        raise ValueError("min_snr_gamma: Min-SNR weights DDPM timesteps (sd, sdxl); Flux trains by flow matching")
+
+
+def family_of(pipe) -> str:
+    """"flux", "sdxl" or "sd", from the pipeline's components."""
+    if getattr(pipe, "transformer", None) is not None:
+        return "flux"
+    return "sdxl" if getattr(pipe, "text_encoder_2", None) is not None else "sd"
+
+
+def denoiser_name(pipe) -> str:
+    return "transformer" if family_of(pipe) == "flux" else "unet"
+
+
+def denoiser(pipe) -> torch.nn.Module:
+    """The network the LoRA adapts: the U-Net (SD, SDXL) or Flux's transformer."""
+    return getattr(pipe, denoiser_name(pipe))
+
+
 def text_encoders(pipe) -> dict[str, torch.nn.Module]:
-    """The pipeline's text encoders by component name: ``text_encoder`` (SD) and ``text_encoder_2`` (SDXL)."""
+    """The pipeline's text encoders by component name: ``text_encoder`` (SD) and ``text_encoder_2`` (SDXL's second
+    CLIP, Flux's T5)."""
     names = ("text_encoder", "text_encoder_2")
     return {name: getattr(pipe, name) for name in names if getattr(pipe, name, None) is not None}
 
@@ -111,7 +142,7 @@ def _lora_config(config: LoraTrainConfig, targets: Sequence[str]):
 
 
 def trainable(pipe, config: LoraTrainConfig) -> dict[str, dict[str, torch.nn.Parameter]]:
-    parts = {"unet": pipe.unet, **(text_encoders(pipe) if config.text_encoder_lora else {})}
+    parts = {denoiser_name(pipe): denoiser(pipe), **(text_encoders(pipe) if config.text_encoder_lora else {})}
     return {name: {k: p for k, p in module.named_parameters() if p.requires_grad} for name, module in parts.items()}
 
 
@@ -127,6 +158,7 @@ class _Cache:
     pooled: Optional[torch.Tensor] = None  # (N, P) SDXL's pooled text embeddings, when frozen
     weights: Optional[torch.Tensor] = None  # (N, 1, h, w) loss weights of the latent pixels (masked loss)
     time_ids: Optional[torch.Tensor] = None  # (1, 6) SDXL's micro-conditioning: original size, crop, target size
+    text_ids: Optional[torch.Tensor] = None  # (L, 3) Flux's text token positions
 
 
 @torch.no_grad()
@@ -139,9 +171,12 @@ def _cache_data(pipe, config: LoraTrainConfig, resolution: int, device: str, fol
 
     data = load_captioned_folder(folder or config.data, resolution, config.trigger, config.caption_template)
     cache = _Cache(*encode_posteriors(pipe.vae, data.pixels, device, chunk=16), data.captions)
-    if not config.text_encoder_lora:  # a frozen text encoder gives the same embedding every step
+    if family_of(pipe) == "flux":  # frozen text encoders (T5 and CLIP): encoded once
+        cache.embeddings, cache.pooled, cache.text_ids = pipe.encode_prompt(list(data.captions), prompt_2=None,
+                                                                            device=device)
+    elif not config.text_encoder_lora:  # a frozen text encoder gives the same embedding every step
         cache.embeddings, cache.pooled = _conditioning(pipe, list(data.captions))
-    if "text_encoder_2" in text_encoders(pipe):  # the whole image, uncropped, at the training size
+    if family_of(pipe) == "sdxl":  # the whole image, uncropped, at the training size
         cache.time_ids = pipe._get_add_time_ids(
             (resolution, resolution), (0, 0), (resolution, resolution), dtype=torch.float32,
             text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim).to(device)
@@ -155,7 +190,7 @@ def _cache_data(pipe, config: LoraTrainConfig, resolution: int, device: str, fol
 def _conditioning(pipe, captions: list[str]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """(embeddings (B, L, D), SDXL's pooled embeddings (B, P) or None) as the pipeline's own encode_prompt makes
     them for sampling, so the LoRA learns on the conditioning it will see."""
-    if "text_encoder_2" not in text_encoders(pipe):
+    if family_of(pipe) == "sd":
         return _encode(pipe, captions), None
     embeddings, _, pooled, _ = pipe.encode_prompt(captions, device=pipe.unet.device, num_images_per_prompt=1,
                                                   do_classifier_free_guidance=False)
@@ -184,17 +219,24 @@ def train_lora(config: LoraTrainConfig, out: str | Path, *, resume: bool = False
     device = device or choose_placement().device
     check_out(config, out, resume, "LoRA")
     pipe, model = load_base(config, device)
-    resolution = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)  # the base's training noise schedule
+    if family_of(pipe) == "flux":  # a transformer has no native size: the registry's for the family
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        resolution = config.resolution or model.width
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)  # its training sigmas
+    else:
+        resolution = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+        scheduler = DDPMScheduler.from_config(pipe.scheduler.config)  # the base's training noise schedule
     cache = _cache_data(pipe, config, resolution, device)
     prior = _cache_data(pipe, config, resolution, device, config.reg_data) if config.reg_data else None
 
     # 1. AdamW over the LoRA weights only; the text encoder's may get its own rate
     params = trainable(pipe, config)
     text_scale = (config.text_encoder_learning_rate or config.learning_rate) / config.learning_rate
-    groups = [{"params": list(params["unet"].values()), "lr_scale": 1.0}]
+    name = denoiser_name(pipe)
+    groups = [{"params": list(params[name].values()), "lr_scale": 1.0}]
     groups += [{"params": list(named.values()), "lr_scale": text_scale} for part, named in params.items()
-               if part != "unet"]
+               if part != name]
     optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
     run = Run()
     if resume and (out / STATE_NAME).is_file():
@@ -238,7 +280,7 @@ def train_lora(config: LoraTrainConfig, out: str | Path, *, resume: bool = False
 
 
 def _train_mode(pipe, config: LoraTrainConfig) -> None:
-    pipe.unet.train()
+    denoiser(pipe).train()
     if config.text_encoder_lora:
         for encoder in text_encoders(pipe).values():
             encoder.train()
@@ -252,6 +294,13 @@ def _denoising_loss(pipe, scheduler, cache: _Cache, config: LoraTrainConfig, gen
     index = torch.randint(0, len(cache.captions), (batch_size,), generator=generator)
     latent_noise = torch.randn(cache.mean[index].shape, generator=generator)
     z_0 = cache.mean[index] + cache.std[index] * latent_noise.to(device)  # (B, C, h, w)
+    weight = None if cache.weights is None else cache.weights[index]
+    if cache.text_ids is not None:  # Flux: flow matching on the transformer
+        from difflab.train.flow_matching import flow_matching_step
+
+        prediction, target = flow_matching_step(pipe, scheduler, z_0, cache.embeddings[index], cache.pooled[index],
+                                                cache.text_ids, generator)
+        return weighted_mse(prediction.float(), target.float(), weight)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
     eps = torch.randn(z_0.shape, generator=generator).to(device)
     t = t.to(device)
@@ -265,7 +314,6 @@ def _denoising_loss(pipe, scheduler, cache: _Cache, config: LoraTrainConfig, gen
     if cache.time_ids is not None:  # SDXL: pooled text and the size/crop numbers join the time embedding
         extra["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": cache.time_ids.repeat(batch_size, 1)}
     prediction = pipe.unet(z_t, t, encoder_hidden_states=text, **extra).sample  # (B, C, h, w)
-    weight = None if cache.weights is None else cache.weights[index]
     per_sample = min_snr_weight(scheduler, t, config.min_snr_gamma) if config.min_snr_gamma else None
     return weighted_mse(prediction.float(), target.float(), weight, per_sample)
 
@@ -296,7 +344,7 @@ def peft_state_dicts(pipe, config: LoraTrainConfig) -> dict[str, dict[str, torch
     """peft-format LoRA weights per component (``...to_q.lora_A.weight``), as get_peft_model_state_dict gives."""
     from peft.utils import get_peft_model_state_dict
 
-    dicts = {"unet": get_peft_model_state_dict(pipe.unet)}
+    dicts = {denoiser_name(pipe): get_peft_model_state_dict(denoiser(pipe))}
     if config.text_encoder_lora:
         dicts.update({name: get_peft_model_state_dict(encoder) for name, encoder in text_encoders(pipe).items()})
     return {part: {k: v.detach().float().cpu().contiguous() for k, v in sd.items()} for part, sd in dicts.items()}
@@ -311,27 +359,31 @@ def save_lora(pipe, config: LoraTrainConfig, out: Path, model=None, run: Optiona
     out.mkdir(parents=True, exist_ok=True)
     # 1. diffusers format, exactly as the diffusers example saves it, plus the LoraConfig as metadata so that
     #    alpha != rank survives the trip (without it diffusers assumes alpha = rank)
-    metadata = {"unet_lora_adapter_metadata": _adapter_metadata(pipe.unet)}
-    # The example's conversion renames attention layers only (to_q.lora_A -> to_q.lora.down); in a file that
+    name = denoiser_name(pipe)
+    metadata = {f"{name}_lora_adapter_metadata": _adapter_metadata(denoiser(pipe))}
+    # The SD example's conversion renames attention layers only (to_q.lora_A -> to_q.lora.down); in a file that
     # mixes both spellings load_lora_weights reads the peft ones and drops the rest, so wider networks keep
-    # peft's names throughout, which load_lora_weights reads as they are.
-    unet = dicts["unet"] if config.network != "attention" else convert_state_dict_to_diffusers(dicts["unet"])
-    layers = {"unet_lora_layers": unet}
-    encoders = {name: state for name, state in dicts.items() if name != "unet"}
-    for name, state in encoders.items():  # text_encoder, and SDXL's text_encoder_2
-        layers[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(state)
-        metadata[f"{name}_lora_adapter_metadata"] = _adapter_metadata(getattr(pipe, name))
+    # peft's names throughout, which load_lora_weights reads as they are. The Flux example saves peft's names.
+    keep = config.network != "attention" or name == "transformer"
+    layers = {f"{name}_lora_layers": dicts[name] if keep else convert_state_dict_to_diffusers(dicts[name])}
+    encoders = {part: state for part, state in dicts.items() if part != name}
+    for part, state in encoders.items():  # text_encoder, and SDXL's text_encoder_2
+        layers[f"{part}_lora_layers"] = convert_state_dict_to_diffusers(state)
+        metadata[f"{part}_lora_adapter_metadata"] = _adapter_metadata(getattr(pipe, part))
     with tempfile.TemporaryDirectory(dir=out, prefix=".lora-") as temporary:
-        # the pipeline class's own writer (StableDiffusionPipeline's or StableDiffusionXLPipeline's)
+        # the pipeline class's own writer (StableDiffusionPipeline's, StableDiffusionXLPipeline's, FluxPipeline's)
         type(pipe).save_lora_weights(temporary, **layers, **metadata, safe_serialization=True)
         os.replace(Path(temporary) / DIFFUSERS_NAME, out / DIFFUSERS_NAME)
-    # 2. kohya format
+    # 2. kohya format (U-Net families: kohya's Flux format names BFL's fused qkv layers, which diffusers'
+    #    separate to_q/to_k/to_v adapters do not map onto at the same rank, so Flux LoRAs stay diffusers files)
     record = training_record(config, model, run, num_images)
-    kohya_path = out / "kohya" / f"{out.resolve().name}.safetensors"
-    tensors = to_kohya(dicts["unet"], encoders, config.lora_alpha)
-    atomic_save_safetensors(tensors, kohya_path, metadata=kohya_metadata(config, record, kohya_path.stem))
+    record["files"] = {"diffusers": DIFFUSERS_NAME, "kohya": None}
+    if name == "unet":
+        kohya_path = out / "kohya" / f"{out.resolve().name}.safetensors"
+        tensors = to_kohya(dicts["unet"], encoders, config.lora_alpha)
+        atomic_save_safetensors(tensors, kohya_path, metadata=kohya_metadata(config, record, kohya_path.stem))
+        record["files"]["kohya"] = str(kohya_path.relative_to(out))
     # 3. the record
-    record["files"] = {"diffusers": DIFFUSERS_NAME, "kohya": str(kohya_path.relative_to(out))}
     atomic_write_bytes(out / RECORD_NAME, (json.dumps(record, indent=2) + "\n").encode())
     return out / DIFFUSERS_NAME
 
@@ -445,10 +497,11 @@ def write_validation(pipe, config: LoraTrainConfig, out: Path, step: int, captio
     from difflab.viz.grid import make_grid, png_bytes
 
     prompts = validation_prompts(config, captions)
-    for part in (pipe.unet, *text_encoders(pipe).values()):
+    for part in (denoiser(pipe), *text_encoders(pipe).values()):
         part.eval()
     training_scheduler = pipe.scheduler
-    pipe.scheduler = DPMSolverMultistepScheduler.from_config(training_scheduler.config)
+    if family_of(pipe) != "flux":  # Flux samples with its own flow-matching Euler scheduler
+        pipe.scheduler = DPMSolverMultistepScheduler.from_config(training_scheduler.config)
     generators = [torch.Generator().manual_seed(config.seed + i) for i in range(len(prompts))]
     images = pipe(prompts, num_inference_steps=config.validation_steps, guidance_scale=config.validation_guidance,
                   generator=generators).images

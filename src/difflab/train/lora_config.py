@@ -20,6 +20,13 @@ UNET_NETWORKS: dict[str, tuple[str, ...]] = {
 }
 UNET_NETWORKS["locon"] = UNET_NETWORKS["transformer"] + ("conv1", "conv2", "conv_shortcut", "conv")
 TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+# Flux's transformer: "attention" is the image stream's projections (the usual --lora_layers of Flux LoRAs),
+# "transformer" diffusers' train_dreambooth_lora_flux.py default (both streams' attention and feed-forwards).
+# It has no convolutions, so no locon.
+FLUX_NETWORKS: dict[str, tuple[str, ...]] = {"attention": ("to_q", "to_k", "to_v", "to_out.0")}
+FLUX_NETWORKS["transformer"] = FLUX_NETWORKS["attention"] + (
+    "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj",
+    "ff_context.net.2")
 
 
 def _require(condition: bool, message: str) -> None:

@@ -1,0 +1,113 @@
+"""LoRA training on a tiny random Flux pipeline (transformer, flow matching, packed latents, guidance-distilled like
+FLUX.1-dev): the file loads in plain diffusers and draws what the trained adapters draw in memory, the engine draws
+it (weight 0 = the base, nothing leaks), and settings that have no Flux meaning are refused by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+SIDE = 64
+
+
+def _draw(pipe, prompt="a red hexagon", seed=0):
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        return pipe(prompt, num_inference_steps=3, height=SIDE, width=SIDE, max_sequence_length=32,
+                    generator=[torch.Generator().manual_seed(seed)], output_type="np").images[0]
+
+
+@pytest.fixture(scope="module")
+def flux_folder(tmp_path_factory) -> Path:
+    from tests.engine.family_fixtures import save_family_pipeline
+
+    return save_family_pipeline("flux", tmp_path_factory.mktemp("flux"))
+
+
+def _config(flux_folder: Path, data: Path, **overrides):
+    from difflab.train.lora_config import LoraTrainConfig
+
+    fields = dict(base=str(flux_folder), data=str(data), trigger="hexagon", rank=2, alpha=4.0, steps=4, batch_size=2,
+                  warmup_steps=1, checkpoint_every=4, learning_rate=5e-2, seed=3, resolution=SIDE)
+    return LoraTrainConfig(**(fields | overrides))
+
+
+@pytest.fixture(scope="module")
+def trained(flux_folder, tmp_path_factory):
+    from difflab.data.captioned_folder import write_shape_set
+    from difflab.train.lora import train_lora
+
+    root = tmp_path_factory.mktemp("flux-lora")
+    write_shape_set(root / "data", "hexagon", n=4, seed=0)
+    config = _config(flux_folder, root / "data", network="transformer", foreground_weight=4.0, masks="auto",
+                     validate_every=4)
+    events = list(train_lora(config, root / "lora", device="cpu"))
+    return config, root / "lora", events
+
+
+def test_plain_diffusers_reload_equals_the_trained_weights(trained, flux_folder):
+    import json
+
+    from diffusers import FluxPipeline
+    from safetensors.torch import load_file
+
+    from difflab.train.lora import load_base, trainable
+
+    config, out, events = trained
+    assert len(events) == 4 and all(np.isfinite(e.loss) for e in events)
+    assert (out / "validation" / "step-000004.png").is_file()
+    record = json.loads((out / "training.json").read_text())
+    assert record["files"] == {"diffusers": "pytorch_lora_weights.safetensors", "kohya": None}
+    in_memory, _ = load_base(config)
+    params = trainable(in_memory, config)
+    assert set(params) == {"transformer"}
+    state = load_file(str(out / "training_state.safetensors"))
+    with torch.no_grad():
+        for part, named in params.items():
+            for name, parameter in named.items():
+                parameter.copy_(state[f"lora.{part}.{name}"])
+    in_memory.transformer.eval()
+    expected = _draw(in_memory)
+
+    pipe = FluxPipeline.from_pretrained(str(flux_folder))
+    base = _draw(pipe)
+    pipe.load_lora_weights(str(out))
+    reloaded = _draw(pipe)
+    assert np.abs(reloaded - base).max() > 1e-3, "the LoRA changes nothing: the test could not fail"
+    np.testing.assert_allclose(reloaded, expected, atol=1e-5)
+    # the context stream's layers ("transformer" network) are in the file, under diffusers' transformer prefix
+    keys = load_file(str(out / "pytorch_lora_weights.safetensors")).keys()
+    assert any(".add_q_proj.lora_A" in k for k in keys) and all(k.startswith("transformer.") for k in keys)
+
+
+def test_the_engine_draws_it_and_weight_zero_is_the_base(trained, flux_folder):
+    from difflab.engine.pipeline import PipelineCache, run
+    from difflab.engine.request import build_request
+
+    _, out, _ = trained
+    cache = PipelineCache()
+
+    def draw(loras):
+        request = build_request(prompt="a red hexagon", model=str(flux_folder), steps=3, seed=0, width=SIDE,
+                                height=SIDE, loras=loras)
+        return np.asarray(run(request, cache).images[0], dtype=np.int16)
+
+    base, zero, full = draw([]), draw([f"{out}:0"]), draw([f"{out}:1"])
+    assert np.abs(zero - base).max() <= 1
+    assert np.abs(full - base).max() > 10
+    assert np.array_equal(draw([]), base)  # unloaded after the request
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("network", "locon", "a Flux base takes attention or transformer"),
+    ("text_encoder_lora", True, "only the transformer gets adapters"),
+    ("min_snr_gamma", 5.0, "Flux trains by flow matching"),
+])
+def test_settings_without_a_flux_meaning_are_refused(field, value, message, flux_folder, tmp_path):
+    from difflab.train.lora import load_base
+
+    with pytest.raises(ValueError, match=message):
+        load_base(_config(flux_folder, tmp_path, **{field: value}))
