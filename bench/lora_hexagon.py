@@ -5,7 +5,8 @@
    ``--prior N``, N prior-preservation images of the old shapes, drawn by the base model (train/prior.py).
 2. ``train_lora`` on the base model (the issue's budget: <= 15 minutes on 2 CPU cores); ``--network`` picks the
    adapted layers (attention, transformer, locon); ``--foreground-weight`` is the masked loss's weight on the
-   hexagons' latent pixels (masks written with the set; 0 = the plain loss).
+   hexagons' latent pixels (masks written with the set; 0 = the plain loss); ``--min-snr-gamma`` the Min-SNR
+   weighting of the timesteps (5 by default; 0 = off).
 3. Images through the engine, as ``difflab generate --lora`` draws them (the preset's guidance interval unless
    ``--guidance-end``), read back by the adherence analyzer (difflab.eval.adherence):
    - hexagon prompts, base model (the baseline, measured in the same run): issue target <= 10% hexagons;
@@ -43,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prior-loss-weight", type=float, default=1.0)
     parser.add_argument("--foreground-weight", type=float, default=8.0,
                         help="masked loss: the hexagons' latent pixels count 1 + this many times (masks written with the set)")
-    parser.add_argument("--min-snr-gamma", type=float, default=None, help="Min-SNR-gamma loss weighting (off by default)")
+    parser.add_argument("--min-snr-gamma", type=float, default=5.0,
+                        help="Min-SNR-gamma loss weighting (0 = off, every timestep counts the same)")
     parser.add_argument("--prompts", type=int, default=100, help="prompts per measurement")
     parser.add_argument("--sample-steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=7.5)
@@ -131,7 +133,7 @@ def lora_config(args, data: Path, trigger: str):
                            prior_loss_weight=getattr(args, "prior_loss_weight", 1.0),
                            foreground_weight=getattr(args, "foreground_weight", 0.0),
                            masks=str(data / MASKS_DIR) if getattr(args, "foreground_weight", 0.0) else None,
-                           min_snr_gamma=getattr(args, "min_snr_gamma", None),
+                           min_snr_gamma=getattr(args, "min_snr_gamma", None) or None,
                            learning_rate=args.lr, steps=args.steps, batch_size=args.batch_size,
                            text_encoder_lora=args.text_encoder_lora,
                            network=getattr(args, 'network', 'attention'), checkpoint_every=max(1, args.steps // 4),
