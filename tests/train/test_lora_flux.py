@@ -111,3 +111,24 @@ def test_settings_without_a_flux_meaning_are_refused(field, value, message, flux
 
     with pytest.raises(ValueError, match=message):
         load_base(_config(flux_folder, tmp_path, **{field: value}))
+
+
+def test_resume_continues_exactly(flux_folder, trained, tmp_path):
+    """Stop after 2 of 4 steps and resume: the same losses and LoRA weights as one run (flow matching draws its
+    sigmas and noise from the step's generator too)."""
+    from safetensors.torch import load_file
+
+    from difflab.train.lora import train_lora
+
+    config, out, _ = trained
+    data = Path(config.data)
+    whole = list(train_lora(_config(flux_folder, data), tmp_path / "whole", device="cpu"))
+    first = list(train_lora(_config(flux_folder, data, steps=2), tmp_path / "split", device="cpu"))
+    second = list(train_lora(_config(flux_folder, data), tmp_path / "split", resume=True, device="cpu"))
+    assert [e.step for e in second] == [3, 4]
+    assert [e.loss for e in first + second] == pytest.approx([e.loss for e in whole], rel=1e-6, abs=1e-7)
+    a = load_file(str(tmp_path / "whole" / "pytorch_lora_weights.safetensors"))
+    b = load_file(str(tmp_path / "split" / "pytorch_lora_weights.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-7)
