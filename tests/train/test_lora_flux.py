@@ -1,5 +1,5 @@
 """LoRA training on a tiny random Flux pipeline (transformer, flow matching, packed latents, guidance-distilled like
-FLUX.1-dev): the file loads in plain diffusers and draws what the trained adapters draw in memory, the engine draws
+FLUX.1-dev; with a CLIP text-encoder LoRA): the file loads in plain diffusers and draws what the trained adapters draw in memory, the engine draws
 it (weight 0 = the base, nothing leaks), and settings that have no Flux meaning are refused by name."""
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def trained(flux_folder, tmp_path_factory):
     root = tmp_path_factory.mktemp("flux-lora")
     write_shape_set(root / "data", "hexagon", n=4, seed=0)
     config = _config(flux_folder, root / "data", network="transformer", foreground_weight=4.0, masks="auto",
-                     validate_every=4)
+                     validate_every=4, text_encoder_lora=True)
     events = list(train_lora(config, root / "lora", device="cpu"))
     return config, root / "lora", events
 
@@ -63,13 +63,14 @@ def test_plain_diffusers_reload_equals_the_trained_weights(trained, flux_folder)
     assert record["files"] == {"diffusers": "pytorch_lora_weights.safetensors", "kohya": None}
     in_memory, _ = load_base(config)
     params = trainable(in_memory, config)
-    assert set(params) == {"transformer"}
+    assert set(params) == {"transformer", "text_encoder"}  # CLIP gets adapters, T5 stays frozen (diffusers' example)
     state = load_file(str(out / "training_state.safetensors"))
     with torch.no_grad():
         for part, named in params.items():
             for name, parameter in named.items():
                 parameter.copy_(state[f"lora.{part}.{name}"])
     in_memory.transformer.eval()
+    in_memory.text_encoder.eval()
     expected = _draw(in_memory)
 
     pipe = FluxPipeline.from_pretrained(str(flux_folder))
@@ -80,7 +81,9 @@ def test_plain_diffusers_reload_equals_the_trained_weights(trained, flux_folder)
     np.testing.assert_allclose(reloaded, expected, atol=1e-5)
     # the context stream's layers ("transformer" network) are in the file, under diffusers' transformer prefix
     keys = load_file(str(out / "pytorch_lora_weights.safetensors")).keys()
-    assert any(".add_q_proj.lora_A" in k for k in keys) and all(k.startswith("transformer.") for k in keys)
+    assert any(k.startswith("transformer.") and ".add_q_proj.lora_A" in k for k in keys)
+    assert any(k.startswith("text_encoder.") for k in keys) and not any(k.startswith("text_encoder_2.") for k in keys)
+    assert pipe.text_encoder.peft_config and not getattr(pipe.text_encoder_2, "peft_config", None)
 
 
 def test_the_engine_draws_it_and_weight_zero_is_the_base(trained, flux_folder):
@@ -103,7 +106,6 @@ def test_the_engine_draws_it_and_weight_zero_is_the_base(trained, flux_folder):
 
 @pytest.mark.parametrize("field, value, message", [
     ("network", "locon", "a Flux base takes attention or transformer"),
-    ("text_encoder_lora", True, "only the transformer gets adapters"),
     ("min_snr_gamma", 5.0, "Flux trains by flow matching"),
 ])
 def test_settings_without_a_flux_meaning_are_refused(field, value, message, flux_folder, tmp_path):

@@ -60,7 +60,8 @@ def lora(
     warmup_steps: int = typer.Option(20, help="Linear warm-up steps."),
     steps: int = typer.Option(500, help="Optimizer steps."),
     batch_size: int = typer.Option(8, help="Images per step."),
-    text_encoder_lora: bool = typer.Option(False, help="Also train a LoRA on the text encoder's attention."),
+    text_encoder_lora: bool = typer.Option(False, help="Also train a LoRA on the text encoder's attention (SDXL: both "
+                                           "CLIPs; Flux: CLIP, T5 stays frozen)."),
     reg_data: Optional[Path] = typer.Option(None, help="Prior preservation: folder of captioned images the model "
                                             "should keep drawing (e.g. made by the base model); one batch a step."),
     prior_loss_weight: float = typer.Option(1.0, min=0.0, help="Weight of the --reg-data batch's loss."),

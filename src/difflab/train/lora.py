@@ -89,13 +89,13 @@ def load_base(config: LoraTrainConfig, device: str = "cpu"):
     torch.manual_seed(config.seed)  # the LoRA A matrices' initialisation
     networks = FLUX_NETWORKS if model.family == "flux" else UNET_NETWORKS
     denoiser(pipe).add_adapter(_lora_config(config, networks[config.network]))
-    if config.text_encoder_lora:  # SDXL: both CLIP encoders, as diffusers' SDXL example and kohya's sdxl script
-        for encoder in text_encoders(pipe).values():
+    if config.text_encoder_lora:
+        for encoder in adapted_text_encoders(pipe).values():
             encoder.add_adapter(_lora_config(config, TEXT_ENCODER_TARGETS))
     if config.gradient_checkpointing:
         denoiser(pipe).enable_gradient_checkpointing()
         if config.text_encoder_lora:
-            for encoder in text_encoders(pipe).values():
+            for encoder in adapted_text_encoders(pipe).values():
                 encoder.gradient_checkpointing_enable()
     return pipe.to(device), model
 
@@ -104,8 +104,6 @@ def _check_flux_settings(config: LoraTrainConfig) -> None:
     if config.network not in FLUX_NETWORKS:
         raise ValueError(f"network: a Flux base takes {' or '.join(FLUX_NETWORKS)} (its transformer has no "
                          f"convolutions for {config.network}); got {config.network!r}")
-    if config.text_encoder_lora:
-        raise ValueError("text_encoder_lora: on a Flux base only the transformer gets adapters for now")
     if config.min_snr_gamma:
         raise ValueError("min_snr_gamma: Min-SNR weights DDPM timesteps (sd, sdxl); Flux trains by flow matching")
 
@@ -126,6 +124,13 @@ def denoiser(pipe) -> torch.nn.Module:
     return getattr(pipe, denoiser_name(pipe))
 
 
+def adapted_text_encoders(pipe) -> dict[str, torch.nn.Module]:
+    """The text encoders a text-encoder LoRA adapts: SD's one, SDXL's two CLIPs (diffusers' SDXL example, kohya's
+    sdxl script), and Flux's CLIP only, as diffusers' Flux example (T5 stays frozen: it is most of the model)."""
+    encoders = text_encoders(pipe)
+    return {"text_encoder": encoders["text_encoder"]} if family_of(pipe) == "flux" else encoders
+
+
 def text_encoders(pipe) -> dict[str, torch.nn.Module]:
     """The pipeline's text encoders by component name: ``text_encoder`` (SD) and ``text_encoder_2`` (SDXL's second
     CLIP, Flux's T5)."""
@@ -142,7 +147,7 @@ def _lora_config(config: LoraTrainConfig, targets: Sequence[str]):
 
 
 def trainable(pipe, config: LoraTrainConfig) -> dict[str, dict[str, torch.nn.Parameter]]:
-    parts = {denoiser_name(pipe): denoiser(pipe), **(text_encoders(pipe) if config.text_encoder_lora else {})}
+    parts = {denoiser_name(pipe): denoiser(pipe), **(adapted_text_encoders(pipe) if config.text_encoder_lora else {})}
     return {name: {k: p for k, p in module.named_parameters() if p.requires_grad} for name, module in parts.items()}
 
 
@@ -171,9 +176,10 @@ def _cache_data(pipe, config: LoraTrainConfig, resolution: int, device: str, fol
 
     data = load_captioned_folder(folder or config.data, resolution, config.trigger, config.caption_template)
     cache = _Cache(*encode_posteriors(pipe.vae, data.pixels, device, chunk=16), data.captions)
-    if family_of(pipe) == "flux":  # frozen text encoders (T5 and CLIP): encoded once
-        cache.embeddings, cache.pooled, cache.text_ids = pipe.encode_prompt(list(data.captions), prompt_2=None,
-                                                                            device=device)
+    if family_of(pipe) == "flux":  # the token positions always; the embeddings once when the encoders are frozen
+        embeddings, pooled, cache.text_ids = pipe.encode_prompt(list(data.captions), prompt_2=None, device=device)
+        if not config.text_encoder_lora:
+            cache.embeddings, cache.pooled = embeddings, pooled
     elif not config.text_encoder_lora:  # a frozen text encoder gives the same embedding every step
         cache.embeddings, cache.pooled = _conditioning(pipe, list(data.captions))
     if family_of(pipe) == "sdxl":  # the whole image, uncropped, at the training size
@@ -282,7 +288,7 @@ def train_lora(config: LoraTrainConfig, out: str | Path, *, resume: bool = False
 def _train_mode(pipe, config: LoraTrainConfig) -> None:
     denoiser(pipe).train()
     if config.text_encoder_lora:
-        for encoder in text_encoders(pipe).values():
+        for encoder in adapted_text_encoders(pipe).values():
             encoder.train()
 
 
@@ -298,8 +304,12 @@ def _denoising_loss(pipe, scheduler, cache: _Cache, config: LoraTrainConfig, gen
     if cache.text_ids is not None:  # Flux: flow matching on the transformer
         from difflab.train.flow_matching import flow_matching_step
 
-        prediction, target = flow_matching_step(pipe, scheduler, z_0, cache.embeddings[index], cache.pooled[index],
-                                                cache.text_ids, generator)
+        if cache.embeddings is not None:
+            text, pooled = cache.embeddings[index], cache.pooled[index]
+        else:  # the CLIP LoRA trains: both encoders run each step (T5 frozen), as diffusers' Flux example
+            text, pooled, _ = pipe.encode_prompt([cache.captions[i] for i in index.tolist()], prompt_2=None,
+                                                 device=device)
+        prediction, target = flow_matching_step(pipe, scheduler, z_0, text, pooled, cache.text_ids, generator)
         return weighted_mse(prediction.float(), target.float(), weight)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
     eps = torch.randn(z_0.shape, generator=generator).to(device)
@@ -346,7 +356,8 @@ def peft_state_dicts(pipe, config: LoraTrainConfig) -> dict[str, dict[str, torch
 
     dicts = {denoiser_name(pipe): get_peft_model_state_dict(denoiser(pipe))}
     if config.text_encoder_lora:
-        dicts.update({name: get_peft_model_state_dict(encoder) for name, encoder in text_encoders(pipe).items()})
+        dicts.update({name: get_peft_model_state_dict(encoder)
+                      for name, encoder in adapted_text_encoders(pipe).items()})
     return {part: {k: v.detach().float().cpu().contiguous() for k, v in sd.items()} for part, sd in dicts.items()}
 
 
