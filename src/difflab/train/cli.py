@@ -104,7 +104,8 @@ def lora(
             learning_rate=lr, text_encoder_learning_rate=text_encoder_lr, warmup_steps=warmup_steps, steps=steps,
             batch_size=batch_size, text_encoder_lora=text_encoder_lora, network=network,
             reg_data=str(reg_data) if reg_data else None, prior_loss_weight=prior_loss_weight,
-            foreground_weight=foreground_weight, masks=masks, min_snr_gamma=min_snr_gamma, validate_every=validate_every, validation_prompts=tuple(validation_prompt),
+            foreground_weight=foreground_weight, masks=masks, min_snr_gamma=min_snr_gamma,
+            validate_every=validate_every, validation_prompts=tuple(validation_prompt),
             checkpoint_every=checkpoint_every, seed=seed,
             mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing, resolution=resolution,
         )

@@ -11,8 +11,8 @@ base model's denoising loss on the LoRA's images:
 
 with target eps or v per the base model's scheduler; SDXL's U-Net also takes the pooled text and the size/crop
 numbers, and Flux's transformer is trained by flow matching instead (train/flow_matching.py). Every random draw
-of step k comes from a generator seeded with (seed, k), and the training state (LoRA weights, AdamW moments, step) is saved as safetensors, so
-``resume`` continues exactly as the uninterrupted run would have.
+of step k comes from a generator seeded with (seed, k), and the training state (LoRA weights, AdamW moments,
+step) is saved as safetensors, so ``resume`` continues exactly as the uninterrupted run would have.
 
 Layout of ``out``::
 
@@ -194,10 +194,14 @@ def _cache_data(pipe, config: LoraTrainConfig, resolution: int, device: str, fol
 
 
 def _conditioning(pipe, captions: list[str]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """(embeddings (B, L, D), SDXL's pooled embeddings (B, P) or None) as the pipeline's own encode_prompt makes
-    them for sampling, so the LoRA learns on the conditioning it will see."""
-    if family_of(pipe) == "sd":
+    """(embeddings (B, L, D), SDXL's or Flux's pooled embeddings (B, P) or None) as the pipeline's own
+    encode_prompt makes them for sampling, so the LoRA learns on the conditioning it will see."""
+    family = family_of(pipe)
+    if family == "sd":
         return _encode(pipe, captions), None
+    if family == "flux":  # T5 sequence and CLIP pooled; the text ids depend on the length only (cached)
+        embeddings, pooled, _ = pipe.encode_prompt(captions, prompt_2=None, device=denoiser(pipe).device)
+        return embeddings, pooled
     embeddings, _, pooled, _ = pipe.encode_prompt(captions, device=pipe.unet.device, num_images_per_prompt=1,
                                                   do_classifier_free_guidance=False)
     return embeddings, pooled
@@ -301,14 +305,13 @@ def _denoising_loss(pipe, scheduler, cache: _Cache, config: LoraTrainConfig, gen
     latent_noise = torch.randn(cache.mean[index].shape, generator=generator)
     z_0 = cache.mean[index] + cache.std[index] * latent_noise.to(device)  # (B, C, h, w)
     weight = None if cache.weights is None else cache.weights[index]
+    if cache.embeddings is not None:
+        text, pooled = cache.embeddings[index], None if cache.pooled is None else cache.pooled[index]
+    else:  # the text-encoder LoRA trains: encode this batch through it (Flux: T5 frozen, as diffusers' example)
+        text, pooled = _conditioning(pipe, [cache.captions[i] for i in index.tolist()])  # (B, L, D), (B, P)
     if cache.text_ids is not None:  # Flux: flow matching on the transformer
         from difflab.train.flow_matching import flow_matching_step
 
-        if cache.embeddings is not None:
-            text, pooled = cache.embeddings[index], cache.pooled[index]
-        else:  # the CLIP LoRA trains: both encoders run each step (T5 frozen), as diffusers' Flux example
-            text, pooled, _ = pipe.encode_prompt([cache.captions[i] for i in index.tolist()], prompt_2=None,
-                                                 device=device)
         prediction, target = flow_matching_step(pipe, scheduler, z_0, text, pooled, cache.text_ids, generator)
         return weighted_mse(prediction.float(), target.float(), weight)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
@@ -316,10 +319,6 @@ def _denoising_loss(pipe, scheduler, cache: _Cache, config: LoraTrainConfig, gen
     t = t.to(device)
     z_t = scheduler.add_noise(z_0, eps, t)
     target = eps if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(z_0, eps, t)
-    if cache.embeddings is not None:
-        text, pooled = cache.embeddings[index], None if cache.pooled is None else cache.pooled[index]
-    else:
-        text, pooled = _conditioning(pipe, [cache.captions[i] for i in index.tolist()])  # (B, L, D), (B, P)
     extra = {}
     if cache.time_ids is not None:  # SDXL: pooled text and the size/crop numbers join the time embedding
         extra["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": cache.time_ids.repeat(batch_size, 1)}

@@ -36,7 +36,7 @@ def _require(condition: bool, message: str) -> None:
 
 @dataclass(frozen=True)
 class LoraTrainConfig:
-    base: str  # model preset, diffusers folder or hub id (cached) of a Stable Diffusion 1.x-family or SDXL pipeline
+    base: str  # model preset, diffusers folder or hub id (cached) of an SD 1.x-family, SDXL or Flux pipeline
     data: str  # folder of images with same-named .txt captions
     trigger: str  # word that calls up the learnt concept; fills {trigger} in caption_template
     caption_template: str = "{trigger}"  # caption of an image that has no .txt file
@@ -62,7 +62,7 @@ class LoraTrainConfig:
     foreground_weight: float = 0.0
     masks: Optional[str] = None
     # Min-SNR-gamma (diffusers' --snr_gamma, kohya's --min_snr_gamma; 5 is the paper's value): each sample's loss
-    # weighted min(SNR(t), gamma) / SNR(t). None = every timestep counts the same.
+    # weighted min(SNR(t), gamma) / SNR(t), / (SNR(t) + 1) for v-prediction. None = every timestep counts the same.
     min_snr_gamma: Optional[float] = None
     checkpoint_every: int = 100  # steps between training-state checkpoints (and LoRA files) on disk
     validate_every: int = 0  # steps between validation grids; 0 = only at the end when prompts are given
