@@ -82,19 +82,11 @@ def test_plain_diffusers_reload_equals_the_trained_weights(trained, tiny_sd_fold
     checked: a fresh diffusers pipeline + load_lora_weights(out) draws the same image (alpha = 2 * rank checks
     that the scale alpha / r survives the file)."""
     from diffusers import StableDiffusionPipeline
-    from safetensors.torch import load_file
 
-    from difflab.train.lora import load_base, trainable
+    from tests.train.lora_reference import restore_trained
 
     config, out, _ = trained
-    in_memory, _ = load_base(config)
-    state = load_file(str(out / "training_state.safetensors"))
-    with torch.no_grad():
-        for part, named in trainable(in_memory, config).items():
-            for name, parameter in named.items():
-                parameter.copy_(state[f"lora.{part}.{name}"])
-    in_memory.unet.eval()
-    in_memory.text_encoder.eval()
+    in_memory, _ = restore_trained(config, out)
     expected = _draw(in_memory)
 
     pipe = StableDiffusionPipeline.from_pretrained(str(tiny_sd_folder))
@@ -154,22 +146,15 @@ def test_wider_networks_load_whole_in_diffusers_from_both_files(network, tiny_sd
     from diffusers import StableDiffusionPipeline
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    from difflab.train.lora import load_base, train_lora
+    from difflab.train.lora import train_lora
     from difflab.train.lora_config import UNET_NETWORKS
+    from tests.train.lora_reference import restore_trained
 
     config = _config(tiny_sd_folder, hexagons, network=network)
     out = tmp_path / "lora"
     events = list(train_lora(config, out, device="cpu"))
     assert events[-1].checkpoint == out
-    trained_pipe, _ = load_base(config)  # a fresh base: its adapters take the trained weights below
-    from safetensors.torch import load_file
-
-    state = load_file(str(out / "training_state.safetensors"))
-    with torch.no_grad():
-        for name, parameter in trained_pipe.unet.named_parameters():
-            if parameter.requires_grad:
-                parameter.copy_(state[f"lora.unet.{name}"])
-    trained_pipe.unet.eval()
+    trained_pipe, _ = restore_trained(config, out)  # a fresh base whose adapters take the trained weights
     expected = _draw(trained_pipe)
     adapted = {n for n, m in trained_pipe.unet.named_modules() if isinstance(m, BaseTunerLayer)}
     if network == "locon":

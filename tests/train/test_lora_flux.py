@@ -54,23 +54,15 @@ def test_plain_diffusers_reload_equals_the_trained_weights(trained, flux_folder)
     from diffusers import FluxPipeline
     from safetensors.torch import load_file
 
-    from difflab.train.lora import load_base, trainable
+    from tests.train.lora_reference import restore_trained
 
     config, out, events = trained
     assert len(events) == 4 and all(np.isfinite(e.loss) for e in events)
     assert (out / "validation" / "step-000004.png").is_file()
     record = json.loads((out / "training.json").read_text())
     assert record["files"] == {"diffusers": "pytorch_lora_weights.safetensors", "kohya": None}
-    in_memory, _ = load_base(config)
-    params = trainable(in_memory, config)
+    in_memory, params = restore_trained(config, out)
     assert set(params) == {"transformer", "text_encoder"}  # CLIP gets adapters, T5 stays frozen (diffusers' example)
-    state = load_file(str(out / "training_state.safetensors"))
-    with torch.no_grad():
-        for part, named in params.items():
-            for name, parameter in named.items():
-                parameter.copy_(state[f"lora.{part}.{name}"])
-    in_memory.transformer.eval()
-    in_memory.text_encoder.eval()
     expected = _draw(in_memory)
 
     pipe = FluxPipeline.from_pretrained(str(flux_folder))

@@ -44,23 +44,14 @@ def trained(sdxl_folder, tmp_path_factory):
 def test_plain_diffusers_reload_equals_the_trained_weights(trained, sdxl_folder):
     """Reference: peft's own forward with the trained adapters put back in memory from the training state."""
     from diffusers import StableDiffusionXLPipeline
-    from safetensors.torch import load_file
 
-    from difflab.train.lora import load_base, text_encoders, trainable
+    from tests.train.lora_reference import restore_trained
 
     config, out, events = trained
     assert len(events) == 4 and all(np.isfinite(e.loss) for e in events)
     assert (out / "validation" / "step-000004.png").is_file() and (out / "loss.png").is_file()
-    in_memory, _ = load_base(config)
-    params = trainable(in_memory, config)
+    in_memory, params = restore_trained(config, out)
     assert set(params) == {"unet", "text_encoder", "text_encoder_2"}  # both CLIP encoders get adapters
-    state = load_file(str(out / "training_state.safetensors"))
-    with torch.no_grad():
-        for part, named in params.items():
-            for name, parameter in named.items():
-                parameter.copy_(state[f"lora.{part}.{name}"])
-    for part in (in_memory.unet, *text_encoders(in_memory).values()):
-        part.eval()
     expected = _draw(in_memory)
 
     pipe = StableDiffusionXLPipeline.from_pretrained(str(sdxl_folder))
