@@ -208,7 +208,8 @@ def load_lora(pipeline, lora: ResolvedLora) -> None:
             else:
                 pipeline.load_lora_weights(str(lora.file.parent), weight_name=lora.file.name,
                                            adapter_name=lora.adapter_name)
-    except (RuntimeError, ValueError, KeyError, TypeError) as error:
+    except (RuntimeError, ValueError, KeyError, TypeError, AssertionError) as error:
+        # AssertionError: diffusers' kohya Flux converter asserts FLUX.1's layer widths
         _forget(pipeline, lora.adapter_name)
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise LoraError(f"lora file {str(lora.file)!r} does not fit this model: {first_line[:300]}") from None

@@ -17,7 +17,7 @@ step) is saved as safetensors, so ``resume`` continues exactly as the uninterrup
 Layout of ``out``::
 
     pytorch_lora_weights.safetensors   diffusers format: pipe.load_lora_weights(out) loads it
-    kohya/<out name>.safetensors       kohya format (lora_unet_..., .alpha, ss_* metadata): A1111, ComfyUI (SD, SDXL)
+    kohya/<out name>.safetensors       kohya format (lora_unet_..., .alpha, ss_* metadata): A1111, Forge, ComfyUI
     training.json                      how it was trained: config, base model hash, steps, time, final loss
     training_state.safetensors         LoRA weights + optimizer state, for --resume
     loss.csv, loss.png                 per-step loss and its curve
@@ -384,15 +384,17 @@ def save_lora(pipe, config: LoraTrainConfig, out: Path, model=None, run: Optiona
         # the pipeline class's own writer (StableDiffusionPipeline's, StableDiffusionXLPipeline's, FluxPipeline's)
         type(pipe).save_lora_weights(temporary, **layers, **metadata, safe_serialization=True)
         os.replace(Path(temporary) / DIFFUSERS_NAME, out / DIFFUSERS_NAME)
-    # 2. kohya format (U-Net families: kohya's Flux format names BFL's fused qkv layers, which diffusers'
-    #    separate to_q/to_k/to_v adapters do not map onto at the same rank, so Flux LoRAs stay diffusers files)
+    # 2. kohya format: U-Net layer names for SD and SDXL; BFL's fused layers for Flux (train/kohya_flux.py)
     record = training_record(config, model, run, num_images)
-    record["files"] = {"diffusers": DIFFUSERS_NAME, "kohya": None}
+    kohya_path = out / "kohya" / f"{out.resolve().name}.safetensors"
     if name == "unet":
-        kohya_path = out / "kohya" / f"{out.resolve().name}.safetensors"
         tensors = to_kohya(dicts["unet"], encoders, config.lora_alpha)
-        atomic_save_safetensors(tensors, kohya_path, metadata=kohya_metadata(config, record, kohya_path.stem))
-        record["files"]["kohya"] = str(kohya_path.relative_to(out))
+    else:
+        from difflab.train.kohya_flux import flux_to_kohya
+
+        tensors = flux_to_kohya(dicts["transformer"], pipe.transformer, config.lora_alpha, encoders.get("text_encoder"))
+    atomic_save_safetensors(tensors, kohya_path, metadata=kohya_metadata(config, record, kohya_path.stem))
+    record["files"] = {"diffusers": DIFFUSERS_NAME, "kohya": str(kohya_path.relative_to(out))}
     # 3. the record
     atomic_write_bytes(out / RECORD_NAME, (json.dumps(record, indent=2) + "\n").encode())
     return out / DIFFUSERS_NAME
@@ -437,13 +439,17 @@ def to_kohya(unet: dict[str, torch.Tensor], text_encoders: Optional[dict[str, di
     return tensors
 
 
+# kohya's ss_base_model_version per family (sd-scripts' and Forge's spellings)
+BASE_MODEL_VERSIONS = {"sd": "sd_v1", "sdxl": "sdxl_base_v1-0", "flux": "flux1"}
+
+
 def kohya_metadata(config: LoraTrainConfig, record: dict[str, Any], output_name: str) -> dict[str, str]:
     """kohya-ss/sd-scripts' ``ss_*`` training metadata, which A1111's and ComfyUI's LoRA browsers display."""
     return {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(config.rank),
         "ss_network_alpha": f"{config.lora_alpha:g}",
-        "ss_base_model_version": "sdxl_base_v1-0" if record["base"].get("family") == "sdxl" else "sd_v1",
+        "ss_base_model_version": BASE_MODEL_VERSIONS.get(record["base"].get("family"), "sd_v1"),
         "ss_sd_model_name": record["base"]["name"],
         "ss_new_sd_model_hash": record["base"].get("hash") or "",
         "ss_output_name": output_name,
