@@ -284,6 +284,22 @@ def test_min_snr_training_reweights_the_same_draws(tiny_sd_folder, hexagons, tmp
     assert all(a.loss == pytest.approx(b.loss, rel=1e-6) for a, b in zip(snr[:first], plain[:first]))
 
 
+def test_the_lr_schedule_is_diffusers_linear_and_kohya_metadata_names_it(tiny_sd_folder, hexagons, tmp_path):  # noqa: F811
+    from diffusers.optimization import get_scheduler
+
+    events = _train(_config(tiny_sd_folder, hexagons, lr_scheduler="linear", warmup_steps=1), tmp_path / "linear")
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=5e-2)
+    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=1, num_training_steps=STEPS)
+    expected = []
+    for _ in range(STEPS):
+        expected.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert [e.learning_rate for e in events] == pytest.approx(expected)  # 0, peak, 2/3, 1/3 of it
+    with safe_open(str(tmp_path / "linear" / "kohya" / "linear.safetensors"), "pt") as handle:
+        assert handle.metadata()["ss_lr_scheduler"] == "linear"
+
+
 def test_an_existing_run_needs_resume_and_the_same_settings(tiny_sd_folder, hexagons, tmp_path):  # noqa: F811
     _train(_config(tiny_sd_folder, hexagons, steps=2), tmp_path)
     with pytest.raises(ValueError, match="--resume"):
@@ -304,6 +320,7 @@ def test_an_existing_run_needs_resume_and_the_same_settings(tiny_sd_folder, hexa
     ("foreground_weight", 2.0, "a weight > 0 needs masks"),
     ("masks", "auto", "masks need a weight > 0"),
     ("min_snr_gamma", 0.0, "min_snr_gamma must be in"),
+    ("lr_scheduler", "cosine_with_restarts", "lr_scheduler must be one of"),
 ])
 def test_bad_settings_name_the_field(field, value, message, tmp_path):
     with pytest.raises(ValueError, match=message):
@@ -327,10 +344,15 @@ def test_cli_trains_and_refuses_a_missing_data_folder(tiny_sd_folder, hexagons, 
     ok = runner.invoke(app, ["train", "lora", "--base", str(tiny_sd_folder), "--data", str(hexagons), "--trigger",
                              "hexagon", "-o", str(tmp_path / "out"), "--steps", "2", "--rank", "2", "--batch-size",
                              "2", "--validate-every", "2", "--validation-prompt", "a red hexagon",
-                             "--min-snr-gamma", "5"])
+                             "--min-snr-gamma", "5", "--lr-scheduler", "constant"])
     assert ok.exit_code == 0, ok.output
     assert (tmp_path / "out" / "validation" / "step-000002.png").is_file()
-    assert json.loads((tmp_path / "out" / "training.json").read_text())["config"]["min_snr_gamma"] == 5.0
+    recorded = json.loads((tmp_path / "out" / "training.json").read_text())["config"]
+    assert recorded["min_snr_gamma"] == 5.0 and recorded["lr_scheduler"] == "constant"
+    bad = runner.invoke(app, ["train", "lora", "--base", str(tiny_sd_folder), "--data", str(hexagons), "--trigger",
+                              "hexagon", "-o", str(tmp_path / "bad"), "--lr-scheduler", "sometimes"])
+    assert bad.exit_code == 2 and "lr_scheduler must be one of" in bad.output, bad.output
+    assert not (tmp_path / "bad").exists()
 
 
 def test_make_dataset_command(tmp_path):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Iterator
 import torch
 
 from difflab.core import checkpoint as ckpt
+from difflab.core.lr_schedule import DEFAULT_LR_SCHEDULER, lr_factor
 from difflab.core.process import PREDICTIONS, Prediction, diffusion_loss, q_sample
 from difflab.core.unet import UNet, UNetConfig
 from difflab.data.digits import LabelledImages
@@ -80,11 +80,10 @@ class TrainState:
 
 
 def learning_rate_at(step: int, config: TrainConfig) -> float:
-    """Linear warm-up over ``warmup_steps``, then cosine decay to 10 % of the peak at the last step."""
-    if step < config.warmup_steps:
-        return config.learning_rate * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-    return config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    """Step ``step``'s rate: ``config.learning_rate`` times the factor of ``config.lr_scheduler`` (configs
+    without that field train with the default, linear warm-up over ``warmup_steps`` then cosine to 10%)."""
+    name = getattr(config, "lr_scheduler", DEFAULT_LR_SCHEDULER)
+    return config.learning_rate * lr_factor(name, step, config.warmup_steps, config.steps)
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, step: int, config) -> float:

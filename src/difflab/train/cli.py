@@ -55,9 +55,11 @@ def lora(
     caption_template: str = typer.Option("{trigger}", help="Caption of an image without a .txt file."),
     rank: int = typer.Option(8, help="LoRA rank r."),
     alpha: Optional[float] = typer.Option(None, help="LoRA alpha; the update is scaled by alpha / rank [default: rank]."),
-    lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (warm-up, then cosine decay to 10%)."),
+    lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (see --lr-scheduler)."),
     text_encoder_lr: Optional[float] = typer.Option(None, help="Text encoder LoRA's rate [default: --lr]."),
     warmup_steps: int = typer.Option(20, help="Linear warm-up steps."),
+    lr_scheduler: str = typer.Option("cosine_floor", help="cosine_floor (warm-up, cosine decay to 10% of the peak), "
+                                     "or diffusers'/kohya's constant, constant_with_warmup, linear, cosine (to 0)."),
     steps: int = typer.Option(500, help="Optimizer steps."),
     batch_size: int = typer.Option(8, help="Images per step."),
     text_encoder_lora: bool = typer.Option(False, help="Also train a LoRA on the text encoder's attention (SDXL: both "
@@ -101,8 +103,8 @@ def lora(
             fail(f"--masks {masks!r} is not a folder (or 'auto')")
         config = LoraTrainConfig(
             base=base, data=str(data), trigger=trigger, caption_template=caption_template, rank=rank, alpha=alpha,
-            learning_rate=lr, text_encoder_learning_rate=text_encoder_lr, warmup_steps=warmup_steps, steps=steps,
-            batch_size=batch_size, text_encoder_lora=text_encoder_lora, network=network,
+            learning_rate=lr, text_encoder_learning_rate=text_encoder_lr, warmup_steps=warmup_steps,
+            lr_scheduler=lr_scheduler, steps=steps, batch_size=batch_size, text_encoder_lora=text_encoder_lora, network=network,
             reg_data=str(reg_data) if reg_data else None, prior_loss_weight=prior_loss_weight,
             foreground_weight=foreground_weight, masks=masks, min_snr_gamma=min_snr_gamma,
             validate_every=validate_every, validation_prompts=tuple(validation_prompt),

@@ -439,6 +439,8 @@ def to_kohya(unet: dict[str, torch.Tensor], text_encoders: Optional[dict[str, di
     return tensors
 
 
+# kohya's name of a schedule where it differs (transformers' cosine_with_min_lr at min_lr_rate 0.1 is cosine_floor)
+KOHYA_LR_SCHEDULERS = {"cosine_floor": "cosine_with_min_lr"}
 # kohya's ss_base_model_version per family (sd-scripts' and Forge's spellings)
 BASE_MODEL_VERSIONS = {"sd": "sd_v1", "sdxl": "sdxl_base_v1-0", "flux": "flux1"}
 
@@ -461,7 +463,7 @@ def kohya_metadata(config: LoraTrainConfig, record: dict[str, Any], output_name:
         "ss_text_encoder_lr": f"{(config.text_encoder_learning_rate or config.learning_rate):g}"
         if config.text_encoder_lora else "0",
         "ss_network_train_unet_only": str(not config.text_encoder_lora),
-        "ss_lr_scheduler": "cosine_with_warmup",
+        "ss_lr_scheduler": KOHYA_LR_SCHEDULERS.get(config.lr_scheduler, config.lr_scheduler),
         "ss_lr_warmup_steps": str(config.warmup_steps),
         "ss_batch_size_per_device": str(config.batch_size),
         "ss_resolution": f"({record['resolution']}, {record['resolution']})",

@@ -6,6 +6,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Optional
 
+from difflab.core.lr_schedule import LR_SCHEDULERS
+
 MixedPrecision = Literal["no", "fp16", "bf16"]
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 # diffusers' examples/text_to_image/train_text_to_image_lora.py targets these four projections of every
@@ -44,7 +46,10 @@ class LoraTrainConfig:
     alpha: Optional[float] = None  # the update is scaled by alpha / rank; None means alpha = rank (scale 1)
     learning_rate: float = 1e-3  # peak AdamW rate for the LoRA weights (diffusers' example: 1e-4 on SD1.5)
     text_encoder_learning_rate: Optional[float] = None  # None: the same as learning_rate
-    warmup_steps: int = 20  # linear warm-up, then cosine decay to 10% of the peak (core.train.learning_rate_at)
+    warmup_steps: int = 20  # linear warm-up, then the schedule's decay
+    # core.lr_schedule.LR_SCHEDULERS: cosine_floor (cosine to 10% of the peak) or diffusers'/kohya's constant,
+    # constant_with_warmup, linear, cosine
+    lr_scheduler: str = "cosine_floor"
     steps: int = 500
     batch_size: int = 8
     weight_decay: float = 1e-2  # AdamW's decoupled decay, as diffusers' example
@@ -98,6 +103,8 @@ class LoraTrainConfig:
             _require(value is None or (math.isfinite(value) and 0 < value < 1), f"{name} must be in (0, 1); got {value}")
         _require(self.steps >= 1, f"steps must be >= 1; got {self.steps}")
         _require(self.warmup_steps >= 0, f"warmup_steps must be >= 0; got {self.warmup_steps}")
+        _require(self.lr_scheduler in LR_SCHEDULERS,
+                 f"lr_scheduler must be one of {list(LR_SCHEDULERS)}; got {self.lr_scheduler!r}")
         _require(self.batch_size >= 1, f"batch_size must be >= 1; got {self.batch_size}")
         _require(self.weight_decay >= 0, f"weight_decay must be >= 0; got {self.weight_decay}")
         _require(self.grad_clip > 0, f"grad_clip must be > 0; got {self.grad_clip}")
