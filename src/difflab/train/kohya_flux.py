@@ -86,6 +86,7 @@ def flux_to_kohya(transformer_lora: dict[str, torch.Tensor], transformer, alpha:
     tensors: dict[str, torch.Tensor] = {}
     fused_done: set[str] = set()
     fused = fused_layers(transformer)
+    widths = {name: m.out_features for name, m in transformer.named_modules() if hasattr(m, "out_features")}
     for layer, weights in layers.items():
         name, part = _kohya_name(layer)
         if part is None:
@@ -94,7 +95,7 @@ def flux_to_kohya(transformer_lora: dict[str, torch.Tensor], transformer, alpha:
             tensors[f"{name}.alpha"] = torch.tensor(float(alpha))
         elif name not in fused_done:
             fused_done.add(name)
-            tensors.update(_fuse(name, fused[name], layers, transformer, alpha))
+            tensors.update(_fuse(name, fused[name], layers, widths, alpha))
     if text_encoder_lora:
         clip = {k.replace("lora_te_", "lora_te1_", 1): v for k, v in to_kohya({}, {"text_encoder": text_encoder_lora},
                                                                               alpha).items()}
@@ -102,10 +103,10 @@ def flux_to_kohya(transformer_lora: dict[str, torch.Tensor], transformer, alpha:
     return tensors
 
 
-def _fuse(name: str, parts: tuple[str, ...], layers: dict[str, dict[str, torch.Tensor]], transformer,
+def _fuse(name: str, parts: tuple[str, ...], layers: dict[str, dict[str, torch.Tensor]], widths: dict[str, int],
           alpha: float) -> dict[str, torch.Tensor]:
-    """One fused kohya LoRA from the parts' LoRAs: down stacked, up block-diagonal, rank and alpha x len(parts)."""
-    modules = dict(transformer.named_modules())
+    """One fused kohya LoRA from the parts' LoRAs: down stacked, up block-diagonal, rank and alpha x len(parts);
+    ``widths`` gives each part's output size."""
     present = [layers[p] for p in parts if p in layers]
     rank = present[0]["A"].shape[0]
     in_features = present[0]["A"].shape[1]
@@ -113,7 +114,7 @@ def _fuse(name: str, parts: tuple[str, ...], layers: dict[str, dict[str, torch.T
         raise ValueError(f"the parts of {name} have LoRAs of different ranks; kohya's fused layer needs one")
     downs, ups = [], []
     for k, part in enumerate(parts):
-        out_features = modules[part].out_features
+        out_features = widths[part]
         weights = layers.get(part)
         downs.append(weights["A"] if weights else torch.zeros(rank, in_features))
         up = torch.zeros(out_features, rank * len(parts))
