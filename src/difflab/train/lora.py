@@ -96,7 +96,9 @@ def load_base(config: LoraTrainConfig, device: str = "cpu"):
         denoiser(pipe).enable_gradient_checkpointing()
         if config.text_encoder_lora:
             for encoder in adapted_text_encoders(pipe).values():
-                encoder.gradient_checkpointing_enable()
+                # transformers 5 renamed gradient_checkpointing_enable (the old name warns)
+                enable = getattr(encoder, "activation_checkpointing_enable", None) or encoder.gradient_checkpointing_enable
+                enable()
     return pipe.to(device), model
 
 
