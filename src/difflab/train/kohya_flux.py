@@ -97,9 +97,7 @@ def flux_to_kohya(transformer_lora: dict[str, torch.Tensor], transformer, alpha:
             fused_done.add(name)
             tensors.update(_fuse(name, fused[name], layers, widths, alpha))
     if text_encoder_lora:
-        clip = {k.replace("lora_te_", "lora_te1_", 1): v for k, v in to_kohya({}, {"text_encoder": text_encoder_lora},
-                                                                              alpha).items()}
-        tensors.update(clip)
+        tensors.update(to_kohya({}, {"text_encoder": text_encoder_lora}, alpha, numbered=True))
     return tensors
 
 

@@ -408,23 +408,24 @@ def _adapter_metadata(module) -> dict[str, Any]:
 
 
 def to_kohya(unet: dict[str, torch.Tensor], text_encoders: Optional[dict[str, dict[str, torch.Tensor]]],
-             alpha: float) -> dict[str, torch.Tensor]:
+             alpha: float, numbered: Optional[bool] = None) -> dict[str, torch.Tensor]:
     """peft LoRA weights -> kohya-ss keys, as A1111/ComfyUI read SD1.x and SDXL LoRAs:
 
     ``down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight`` ->
     ``lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight`` (B -> lora_up),
     text encoder ``...layers.0.self_attn.q_proj`` -> ``lora_te_text_model_encoder_layers_0_self_attn_q_proj``
     (SDXL's two: ``lora_te1_...`` and ``lora_te2_...``), and one ``.alpha`` scalar per layer. ``text_encoders``
-    maps component names (``text_encoder``, ``text_encoder_2``) to their weights. diffusers'
-    convert_state_dict_to_kohya writes alpha = rank whatever the real alpha was; kohya's scale is alpha / rank, so
+    maps component names (``text_encoder``, ``text_encoder_2``) to their weights; ``numbered`` forces the
+    numbered prefixes (sd-scripts' Flux calls its CLIP ``lora_te1_``), None numbers them where there are two.
+    diffusers' convert_state_dict_to_kohya writes alpha = rank whatever the real alpha was; kohya's scale is alpha / rank, so
     the true alpha is written here.
     """
     tensors: dict[str, torch.Tensor] = {}
     parts = [("lora_unet_", "", unet)]
     text_encoders = {name: state for name, state in (text_encoders or {}).items() if state}
-    two = "text_encoder_2" in text_encoders
+    numbered = "text_encoder_2" in text_encoders if numbered is None else numbered
     for name, state in text_encoders.items():
-        prefix = ("lora_te2_" if name == "text_encoder_2" else "lora_te1_") if two else "lora_te_"
+        prefix = ("lora_te2_" if name == "text_encoder_2" else "lora_te1_") if numbered else "lora_te_"
         parts.append((prefix, "text_model.", state))
     for prefix, root, state in parts:
         for key, value in state.items():
