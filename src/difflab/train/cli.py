@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from difflab.core.lr_schedule import DEFAULT_LR_SCHEDULER
+
 train_app = typer.Typer(help="Train models: the bundled text-to-image model from scratch, LoRAs, ControlNets.",
                         no_args_is_help=True)
 
@@ -58,7 +60,7 @@ def lora(
     lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (see --lr-scheduler)."),
     text_encoder_lr: Optional[float] = typer.Option(None, help="Text encoder LoRA's rate [default: --lr]."),
     warmup_steps: int = typer.Option(20, help="Linear warm-up steps."),
-    lr_scheduler: str = typer.Option("cosine_floor", help="cosine_floor (warm-up, cosine decay to 10% of the peak), "
+    lr_scheduler: str = typer.Option(DEFAULT_LR_SCHEDULER, help="cosine_floor (warm-up, cosine decay to 10% of the peak), "
                                      "or diffusers'/kohya's constant, constant_with_warmup, linear, cosine (to 0)."),
     steps: int = typer.Option(500, help="Optimizer steps."),
     batch_size: int = typer.Option(8, help="Images per step."),

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Optional
 
-from difflab.core.lr_schedule import LR_SCHEDULERS
+from difflab.core.lr_schedule import DEFAULT_LR_SCHEDULER, LR_SCHEDULERS
 
 MixedPrecision = Literal["no", "fp16", "bf16"]
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
@@ -49,7 +49,7 @@ class LoraTrainConfig:
     warmup_steps: int = 20  # linear warm-up, then the schedule's decay
     # core.lr_schedule.LR_SCHEDULERS: cosine_floor (cosine to 10% of the peak) or diffusers'/kohya's constant,
     # constant_with_warmup, linear, cosine
-    lr_scheduler: str = "cosine_floor"
+    lr_scheduler: str = DEFAULT_LR_SCHEDULER
     steps: int = 500
     batch_size: int = 8
     weight_decay: float = 1e-2  # AdamW's decoupled decay, as diffusers' example
