@@ -12,12 +12,12 @@ from difflab.core.lr_schedule import LR_SCHEDULERS, lr_factor
 STEPS, WARMUP, PEAK = 50, 7, 1e-3
 
 
-def _rates(scheduler_factory) -> list[float]:
-    """The rate of optimizer step k = 0 .. STEPS - 1, scheduler stepped after each optimizer step (their loops)."""
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=PEAK)
+def scheduler_rates(scheduler_factory, steps: int = STEPS, peak: float = PEAK) -> list[float]:
+    """The rate of optimizer step k = 0 .. steps - 1, scheduler stepped after each optimizer step (their loops)."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=peak)
     scheduler = scheduler_factory(optimizer)
     rates = []
-    for _ in range(STEPS):
+    for _ in range(steps):
         rates.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         scheduler.step()
@@ -28,7 +28,7 @@ def _rates(scheduler_factory) -> list[float]:
 def test_diffusers_schedules_match_get_scheduler(name):
     from diffusers.optimization import get_scheduler
 
-    expected = _rates(lambda opt: get_scheduler(name, opt, num_warmup_steps=WARMUP, num_training_steps=STEPS))
+    expected = scheduler_rates(lambda opt: get_scheduler(name, opt, num_warmup_steps=WARMUP, num_training_steps=STEPS))
     ours = [PEAK * lr_factor(name, k, WARMUP, STEPS) for k in range(STEPS)]
     assert ours == pytest.approx(expected, rel=1e-9, abs=1e-15)
     if name != "constant":
@@ -38,7 +38,7 @@ def test_diffusers_schedules_match_get_scheduler(name):
 def test_cosine_floor_is_cosine_with_min_lr_after_the_warm_up():
     from transformers import get_scheduler
 
-    expected = _rates(lambda opt: get_scheduler("cosine_with_min_lr", opt, num_warmup_steps=WARMUP,
+    expected = scheduler_rates(lambda opt: get_scheduler("cosine_with_min_lr", opt, num_warmup_steps=WARMUP,
                                                 num_training_steps=STEPS, scheduler_specific_kwargs={"min_lr_rate": 0.1}))
     ours = [PEAK * lr_factor("cosine_floor", k, WARMUP, STEPS) for k in range(STEPS)]
     assert ours[WARMUP:] == pytest.approx(expected[WARMUP:], rel=1e-9)

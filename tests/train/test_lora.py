@@ -83,18 +83,13 @@ def test_plain_diffusers_reload_equals_the_trained_weights(trained, tiny_sd_fold
     that the scale alpha / r survives the file)."""
     from diffusers import StableDiffusionPipeline
 
-    from tests.train.lora_reference import restore_trained
+    from tests.train.lora_reference import assert_plain_diffusers_draws_it, restore_trained
 
     config, out, _ = trained
     in_memory, _ = restore_trained(config, out)
     expected = _draw(in_memory)
 
-    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_sd_folder))
-    base = _draw(pipe)
-    pipe.load_lora_weights(str(out))
-    reloaded = _draw(pipe)
-    assert np.abs(reloaded - base).max() > 1e-3, "the LoRA changes nothing: the test could not fail"
-    np.testing.assert_allclose(reloaded, expected, atol=1e-5)
+    assert_plain_diffusers_draws_it(StableDiffusionPipeline, tiny_sd_folder, out, expected, _draw)
 
 
 def test_kohya_export_names_alpha_and_metadata(trained):
@@ -287,14 +282,11 @@ def test_min_snr_training_reweights_the_same_draws(tiny_sd_folder, hexagons, tmp
 def test_the_lr_schedule_is_diffusers_linear_and_kohya_metadata_names_it(tiny_sd_folder, hexagons, tmp_path):  # noqa: F811
     from diffusers.optimization import get_scheduler
 
+    from tests.core.test_lr_schedule import scheduler_rates
+
     events = _train(_config(tiny_sd_folder, hexagons, lr_scheduler="linear", warmup_steps=1), tmp_path / "linear")
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=5e-2)
-    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=1, num_training_steps=STEPS)
-    expected = []
-    for _ in range(STEPS):
-        expected.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
+    expected = scheduler_rates(lambda opt: get_scheduler("linear", opt, num_warmup_steps=1, num_training_steps=STEPS),
+                               steps=STEPS, peak=5e-2)
     assert [e.learning_rate for e in events] == pytest.approx(expected)  # 0, peak, 2/3, 1/3 of it
     with safe_open(str(tmp_path / "linear" / "kohya" / "linear.safetensors"), "pt") as handle:
         assert handle.metadata()["ss_lr_scheduler"] == "linear"
