@@ -50,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample-steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=7.5)
     parser.add_argument("--guidance-end", type=float, default=None, help="guidance interval [the preset's]")
+    parser.add_argument("--hires-scale", type=float, default=None,
+                        help="measure with hires fix: draw at 64x64, upscale by this factor, redraw with img2img [off]")
+    parser.add_argument("--hires-strength", type=float, default=None, help="hires fix: img2img strength [engine's]")
+    parser.add_argument("--hires-steps", type=int, default=None, help="hires fix: steps of the second pass [--sample-steps]")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="smoke run: no time budget verdict")
     args = parser.parse_args(argv)
@@ -75,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     hexagon_prompts = evaluation_prompts(args.prompts, args.seed, shapes=("hexagon",))
     old_prompts = evaluation_prompts(args.prompts, args.seed, shapes=BASE_SHAPES)
     lora = str((out / "lora").resolve())
-    extra = {} if args.guidance_end is None else {"guidance_end": args.guidance_end}
+    extra = {name: getattr(args, name) for name in ("guidance_end", "hires_scale", "hires_strength", "hires_steps")
+             if getattr(args, name) is not None}
 
     def measure(prompts: list[str], loras: list[str]):
         return t2i.score_prompts(prompts, model=args.base, seed=args.seed, cache=cache, guidance=args.guidance,
