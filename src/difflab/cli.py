@@ -380,6 +380,8 @@ def generate(
 from difflab.batch_cli import batch_command, replay_command  # noqa: E402  (typer only)
 app.command("replay")(replay_command)
 app.command("batch")(batch_command)
+from difflab.merge_cli import merge_command  # noqa: E402  (typer only)
+app.command("merge")(merge_command)
 
 
 @app.command("pull")
