@@ -382,6 +382,8 @@ app.command("replay")(replay_command)
 app.command("batch")(batch_command)
 from difflab.merge_cli import merge_command  # noqa: E402  (typer only)
 app.command("merge")(merge_command)
+from difflab.xyz_cli import xyz_command  # noqa: E402  (typer only)
+app.command("xyz")(xyz_command)
 
 
 @app.command("pull")
