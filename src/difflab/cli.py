@@ -338,6 +338,8 @@ def generate(
                                                 "factor (1-4], then redraw with img2img."),
     hires_strength: Optional[float] = typer.Option(None, help="Hires fix: img2img strength [0.5]."),
     hires_steps: Optional[int] = typer.Option(None, help="Hires fix: steps of the second pass [--steps]."),
+    clip_skip: Optional[int] = typer.Option(None, "--clip-skip", help="A1111's Clip skip: 1 = the text encoder's "
+                                            "last layer, 2 = the one before it (SD 1.x, SDXL)."),
     long_prompt: str = typer.Option("chunk", help="Prompts over the text encoder's token limit: 'chunk' "
                                     "(A1111: 75-token chunks, concatenated) or 'truncate' (with a warning)."),
     memory: list[str] = typer.Option([], "--memory", help="Memory knob, repeatable or a comma list: attention_slicing, "
@@ -356,7 +358,8 @@ def generate(
                             width=width, height=height, loras=lora, init_image=str(init_image) if init_image else None, strength=strength,
                             mask=str(mask) if mask else None, refiner=refiner, refiner_switch=refiner_switch,
                             hires_scale=hires_scale, hires_strength=hires_strength, hires_steps=hires_steps,
-                            long_prompt=long_prompt, memory=memory, allow_unsafe_pickle=allow_unsafe_pickle,
+                            long_prompt=long_prompt, clip_skip=clip_skip, memory=memory,
+                            allow_unsafe_pickle=allow_unsafe_pickle,
                             controls=controls_from_options(control, control_model), control_start=control_start,
                             control_end=control_end)
     from difflab.engine.registry import check_scheduler_fits, resolve_model

@@ -44,11 +44,12 @@ def t5_tokenizer():
     return T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=T5_LENGTH)
 
 
-def clip_text_encoder(tokenizer, *, hidden: int = 16, projection: bool = False, projection_dim: int = 16):
+def clip_text_encoder(tokenizer, *, hidden: int = 16, projection: bool = False, projection_dim: int = 16,
+                      layers: int = 2):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     config = CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=32, num_hidden_layers=2,
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=32, num_hidden_layers=layers,
         num_attention_heads=2, max_position_embeddings=CLIP_LENGTH, projection_dim=projection_dim,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )

@@ -180,6 +180,8 @@ def infotext_settings(settings: "Settings") -> dict[str, Any]:
     from difflab.engine.hires import UPSCALER
 
     request, values = settings.request, {}
+    if (request.clip_skip or 1) > 1:
+        values["Clip skip"] = request.clip_skip  # A1111 writes it only when it is not 1
     if settings.guidance_end < 1:
         values["Guidance end"] = settings.guidance_end  # difflab's key: A1111 has no guidance interval
     if request.init_image is not None:

@@ -162,11 +162,20 @@ def _emphasize(hidden: torch.Tensor, weights: list[float]) -> torch.Tensor:
     return weighted * (original_mean / weighted_mean)
 
 
-def _encode_chunk(encoder, chunk: Chunk, penultimate: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(hidden states (1, T, C) with weights applied, the encoder's first output (pooled or last hidden))."""
+def _encode_chunk(encoder, chunk: Chunk, penultimate: bool, clip_skip: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hidden states (1, T, C) with weights applied, the encoder's first output (pooled or last hidden)).
+    ``clip_skip`` is A1111's: 1 = the last layer (SD) or the penultimate one (SDXL, which always skips one), N = N - 1
+    layers earlier; SD's skipped states go through the final layer norm, as A1111 and diffusers do."""
     ids = torch.tensor([chunk.ids], device=encoder.device)
-    output = encoder(ids, output_hidden_states=penultimate)
-    hidden = output.hidden_states[-2] if penultimate else output[0]
+    output = encoder(ids, output_hidden_states=penultimate or clip_skip > 1)
+    if penultimate:
+        hidden = output.hidden_states[-(clip_skip + 1)]
+    elif clip_skip > 1:
+        # transformers 5 keeps the final layer norm on the model itself; 4.x under .text_model
+        final_layer_norm = getattr(encoder, "text_model", encoder).final_layer_norm
+        hidden = final_layer_norm(output.hidden_states[-clip_skip])
+    else:
+        hidden = output[0]
     return _emphasize(hidden, chunk.weights), output[0]
 
 
@@ -175,7 +184,7 @@ def _pad_chunks(chunks: list[Chunk], count: int, tokenizer) -> list[Chunk]:
     return chunks + chunk_tokens(tokenizer, "") * (count - len(chunks))
 
 
-def encode_sd(pipe, prompt: str, negative: str, truncate: bool = False) -> dict[str, torch.Tensor]:
+def encode_sd(pipe, prompt: str, negative: str, truncate: bool = False, clip_skip: int = 1) -> dict[str, torch.Tensor]:
     """prompt_embeds and negative_prompt_embeds for a one-encoder CLIP pipeline (SD 1.x/2.x)."""
     positive = chunk_tokens(pipe.tokenizer, prompt, truncate=truncate, field="prompt")
     negatives = chunk_tokens(pipe.tokenizer, negative, truncate=truncate, field="negative_prompt")
@@ -183,12 +192,13 @@ def encode_sd(pipe, prompt: str, negative: str, truncate: bool = False) -> dict[
 
     def encode(chunks: list[Chunk]) -> torch.Tensor:
         chunks = _pad_chunks(chunks, count, pipe.tokenizer)
-        return torch.cat([_encode_chunk(pipe.text_encoder, chunk, penultimate=False)[0] for chunk in chunks], dim=1)
+        return torch.cat([_encode_chunk(pipe.text_encoder, chunk, penultimate=False, clip_skip=clip_skip)[0]
+                          for chunk in chunks], dim=1)
 
     return {"prompt_embeds": encode(positive), "negative_prompt_embeds": encode(negatives)}
 
 
-def encode_sdxl(pipe, prompt: str, negative: str, truncate: bool = False) -> dict[str, torch.Tensor]:
+def encode_sdxl(pipe, prompt: str, negative: str, truncate: bool = False, clip_skip: int = 1) -> dict[str, torch.Tensor]:
     """prompt_embeds, pooled_prompt_embeds and their negatives for SDXL (base: two encoders; refiner: one)."""
     pairs = [(tokenizer, encoder) for tokenizer, encoder in
              ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)) if encoder is not None]
@@ -200,7 +210,7 @@ def encode_sdxl(pipe, prompt: str, negative: str, truncate: bool = False) -> dic
     def encode(field: str) -> tuple[torch.Tensor, torch.Tensor]:
         hidden_per_encoder, pooled = [], None
         for (tokenizer, encoder), encoder_chunks in zip(pairs, chunks[field]):
-            encoded = [_encode_chunk(encoder, chunk, penultimate=True)
+            encoded = [_encode_chunk(encoder, chunk, penultimate=True, clip_skip=clip_skip)
                        for chunk in _pad_chunks(encoder_chunks, count, tokenizer)]
             hidden_per_encoder.append(torch.cat([hidden for hidden, _ in encoded], dim=1))
             pooled = encoded[0][1]  # the last encoder's (text_encoder_2's) projection of the first chunk
@@ -222,16 +232,38 @@ def prompt_arguments(pipe, family: str, request) -> dict[str, Any]:
     plain: dict[str, Any] = {"prompt": request.prompt}
     if family in ("sd", "sdxl", "sdxl-refiner", "sd3"):
         plain["negative_prompt"] = request.negative_prompt or None
+    # A clip skip is encoded here, not by diffusers' clip_skip (which counts N - 1): diffusers skips layers for the
+    # prompt only and encodes the negative prompt from the usual layer, where A1111 takes both from layer N (CFG
+    # then compares like with like); and diffusers 0.42's SD 1.x encode_prompt reads
+    # text_encoder.text_model.final_layer_norm, which transformers 5 moved onto the model itself
+    clip_skip = check_clip_skip(pipe, family, request)
     if family not in CLIP_FAMILIES:
         if _SYNTAX.search(request.prompt) or _SYNTAX.search(request.negative_prompt):
             warnings.warn(f"prompt: (word:1.3) weighting is not applied for the {family} family; the brackets are "
                           "passed to its text encoders as text", UserWarning, stacklevel=2)
         return plain
     tokenizer = pipe.tokenizer if getattr(pipe, "text_encoder", None) is not None else pipe.tokenizer_2
-    if not any(needs_weighting(tokenizer, text) for text in (request.prompt, request.negative_prompt)):
+    if clip_skip == 1 and not any(needs_weighting(tokenizer, text) for text in (request.prompt, request.negative_prompt)):
         return plain
     truncate = request.long_prompt == "truncate"
     with torch.no_grad():
         if family == "sd":
-            return encode_sd(pipe, request.prompt, request.negative_prompt, truncate)
-        return encode_sdxl(pipe, request.prompt, request.negative_prompt, truncate)
+            return encode_sd(pipe, request.prompt, request.negative_prompt, truncate, clip_skip)
+        return encode_sdxl(pipe, request.prompt, request.negative_prompt, truncate, clip_skip)
+
+
+def check_clip_skip(pipe, family: str, request) -> int:
+    """The request's clip skip (1 = none), after checking the model can skip that many layers."""
+    clip_skip = getattr(request, "clip_skip", None) or 1
+    if clip_skip == 1:
+        return 1
+    if family not in CLIP_FAMILIES:
+        raise ValueError(f"clip_skip: the {family} family has no CLIP text encoder to skip layers of "
+                         f"(clip skip works on {', '.join(CLIP_FAMILIES)})")
+    encoders = [e for e in (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)) if e is not None]
+    layers = min(encoder.config.num_hidden_layers for encoder in encoders)
+    usable = layers if family == "sd" else layers - 1  # SDXL already uses the penultimate layer; never the embeddings
+    if clip_skip > usable:
+        raise ValueError(f"clip_skip: this model's text encoder has {layers} layers, so clip skip can be 1 to "
+                         f"{usable}; got {clip_skip}")
+    return clip_skip

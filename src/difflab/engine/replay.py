@@ -183,6 +183,8 @@ def _plan_from_parameters(image: Path, parameters: str, model: Optional[str]) ->
             fields[name] = _convert(settings[key], convert, key)
     if "Guidance end" in settings:
         fields["guidance_end"] = _convert(settings["Guidance end"], float, "Guidance end")
+    if "Clip skip" in settings:
+        fields["clip_skip"] = _convert(settings["Clip skip"], int, "Clip skip")
     if "Size" in settings:
         width, _, height = settings["Size"].partition("x")
         fields["width"], fields["height"] = _convert(width, int, "Size"), _convert(height, int, "Size")

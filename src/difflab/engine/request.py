@@ -24,6 +24,7 @@ DEFAULT_STRENGTH = 0.75  # A1111's default denoising strength for img2img and in
 DEFAULT_REFINER_SWITCH = 0.8  # the SDXL report's split: the base model denoises the first 80% of the noise levels
 DEFAULT_HIRES_STRENGTH = 0.5
 MAX_HIRES_SCALE = 4.0
+MAX_CLIP_SKIP = 12  # A1111's slider goes to 12, the layer count of SD 1.x's CLIP ViT-L
 MAX_CONTROLS = 4  # ControlNets per request; each adds a network pass per step
 
 
@@ -55,6 +56,9 @@ class GenerationRequest(BaseModel):
     hires_strength: Optional[float] = Field(None, gt=0, le=1, description="hires fix: img2img strength "
                                             f"[default {DEFAULT_HIRES_STRENGTH}]")
     hires_steps: Optional[int] = Field(None, ge=1, le=MAX_STEPS, description="hires fix: steps [default: steps]")
+    clip_skip: Optional[int] = Field(None, ge=1, le=MAX_CLIP_SKIP, description="A1111's 'Clip skip' "
+                                     "(CLIP_stop_at_last_layers): 1 = the text encoder's last layer, 2 = the one "
+                                     "before it, ... (diffusers' clip_skip is this minus 1); SD 1.x and SDXL")
     long_prompt: Literal["chunk", "truncate"] = Field(
         "chunk", description="prompts over the text encoder's limit: A1111-style 75-token chunks, or truncated")
     # memory and model-file safety (engine/memory.py, engine/single_file.py)
