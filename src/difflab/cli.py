@@ -338,6 +338,8 @@ def generate(
                                                 "factor (1-4], then redraw with img2img."),
     hires_strength: Optional[float] = typer.Option(None, help="Hires fix: img2img strength [0.5]."),
     hires_steps: Optional[int] = typer.Option(None, help="Hires fix: steps of the second pass [--steps]."),
+    vae: Optional[str] = typer.Option(None, "--vae", help="Another VAE: an AutoencoderKL folder or .safetensors "
+                                      "file, or a name in $DIFFLAB_VAE_DIR (default ./vae)."),
     clip_skip: Optional[int] = typer.Option(None, "--clip-skip", help="A1111's Clip skip: 1 = the text encoder's "
                                             "last layer, 2 = the one before it (SD 1.x, SDXL)."),
     long_prompt: str = typer.Option("chunk", help="Prompts over the text encoder's token limit: 'chunk' "
@@ -358,7 +360,7 @@ def generate(
                             width=width, height=height, loras=lora, init_image=str(init_image) if init_image else None, strength=strength,
                             mask=str(mask) if mask else None, refiner=refiner, refiner_switch=refiner_switch,
                             hires_scale=hires_scale, hires_strength=hires_strength, hires_steps=hires_steps,
-                            long_prompt=long_prompt, clip_skip=clip_skip, memory=memory,
+                            long_prompt=long_prompt, clip_skip=clip_skip, vae=vae, memory=memory,
                             allow_unsafe_pickle=allow_unsafe_pickle,
                             controls=controls_from_options(control, control_model), control_start=control_start,
                             control_end=control_end)

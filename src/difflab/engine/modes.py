@@ -182,6 +182,12 @@ def infotext_settings(settings: "Settings") -> dict[str, Any]:
     request, values = settings.request, {}
     if (request.clip_skip or 1) > 1:
         values["Clip skip"] = request.clip_skip  # A1111 writes it only when it is not 1
+    if request.vae is not None:  # A1111: "VAE hash: <sha256[:10]>, VAE: <file name without .safetensors>"
+        from difflab.engine.outputs import weights_hash
+        from difflab.engine.vae import resolve_vae
+
+        vae = resolve_vae(request.vae)
+        values["VAE hash"], values["VAE"] = weights_hash(vae.weights), vae.name
     if settings.guidance_end < 1:
         values["Guidance end"] = settings.guidance_end  # difflab's key: A1111 has no guidance interval
     if request.init_image is not None:
@@ -212,6 +218,11 @@ def record_settings(settings: "Settings") -> dict[str, Any]:
             values[name] = {"path": str(Path(path).expanduser().resolve()), "sha256": file_sha256(path)}
     if request.init_image is not None:
         values["strength"] = strength_of(request)
+    if request.vae is not None:
+        from difflab.engine.vae import resolve_vae
+
+        vae = resolve_vae(request.vae)
+        values["vae"] = {"name": vae.name, "path": str(vae.path.resolve()), "sha256": file_sha256(str(vae.weights))}
     if request.refiner is not None:
         values["refiner"], values["refiner_switch"] = request.refiner, refiner_switch_of(request)
     if request.hires_scale is not None:

@@ -75,6 +75,7 @@ class PipelineCache:
     placement: Placement = field(default_factory=choose_placement)
     _pipelines: dict[tuple, Any] = field(default_factory=dict)
     _controlnets: dict[tuple, Any] = field(default_factory=dict)
+    _vaes: dict[tuple, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def get(self, model: ResolvedModel):
@@ -96,10 +97,24 @@ class PipelineCache:
                 self._controlnets[key] = load_controlnet(controlnet, self.placement.device, self.placement.dtype)
             return self._controlnets[key]
 
+    def get_vae(self, vae, model_vae_config: dict):
+        """The AutoencoderKL of an engine.vae.ResolvedVae (checked to fit ``model_vae_config``), loaded once per
+        file version, device and dtype."""
+        from difflab.engine.vae import check_fits, load_vae
+
+        key = (str(vae.path), vae.weights.stat().st_mtime_ns, self.placement.device, str(self.placement.dtype))
+        with self._lock:
+            if key not in self._vaes:
+                self._vaes[key] = load_vae(vae, model_vae_config, self.placement.device, self.placement.dtype)
+            module = self._vaes[key]
+        check_fits(vae.name, dict(module.config), model_vae_config)  # the same file may meet another model
+        return module
+
     def clear(self) -> None:
         with self._lock:
             self._pipelines.clear()
             self._controlnets.clear()
+            self._vaes.clear()
 
 
 def load_pipeline(model: ResolvedModel, placement: Placement):
@@ -199,9 +214,13 @@ def _draw(requests: list[GenerationRequest], cache: PipelineCache, on_step, prev
     from difflab.engine import control_run
 
     controls = control_run.prepare_controls(settings)  # ControlNets found, maps made: before any weights load
+    from difflab.engine.vae import applied_vae, resolve_vae
+
+    vae = resolve_vae(request.vae) if request.vae is not None else None  # a missing VAE fails before any load
     for other in requests[1:]:
         pipeline_kwargs(Settings.of(other, model), [])  # each request's own negative-prompt check
     pipeline, original_scheduler = cache.get(model)
+    vae_module = cache.get_vae(vae, dict(pipeline.vae.config)) if vae is not None else None
     # a fresh scheduler from the model's own config on every request: schedulers keep state between steps, and a
     # cached pipeline must never carry one request's sampler into the next
     base_config = dict(original_scheduler.config)
@@ -228,7 +247,7 @@ def _draw(requests: list[GenerationRequest], cache: PipelineCache, on_step, prev
             return modes.generate(pipeline, settings, fresh, cache, on_step, previews,
                                   group=requests if together else ())
 
-    with applied_loras(pipeline, loras):  # loaded for this request only: unloaded even when drawing fails
+    with applied_loras(pipeline, loras), applied_vae(pipeline, vae_module):  # this request only, even on failure
         images = memory.call_with_oom_retry(draw, pipeline, request.memory, cache.placement.device, notes=notes)
     seconds = time.perf_counter() - started
     places = merged.layout(requests)

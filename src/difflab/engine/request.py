@@ -56,6 +56,8 @@ class GenerationRequest(BaseModel):
     hires_strength: Optional[float] = Field(None, gt=0, le=1, description="hires fix: img2img strength "
                                             f"[default {DEFAULT_HIRES_STRENGTH}]")
     hires_steps: Optional[int] = Field(None, ge=1, le=MAX_STEPS, description="hires fix: steps [default: steps]")
+    vae: Optional[str] = Field(None, description="another VAE: a diffusers AutoencoderKL folder or .safetensors "
+                               "file, or a name in $DIFFLAB_VAE_DIR (A1111's sd_vae); must fit the model's latents")
     clip_skip: Optional[int] = Field(None, ge=1, le=MAX_CLIP_SKIP, description="A1111's 'Clip skip' "
                                      "(CLIP_stop_at_last_layers): 1 = the text encoder's last layer, 2 = the one "
                                      "before it, ... (diffusers' clip_skip is this minus 1); SD 1.x and SDXL")
