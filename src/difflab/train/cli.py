@@ -94,6 +94,7 @@ def lora(
 
     @user_errors
     def run() -> None:
+        from difflab.train.distributed import is_main_process, main_process_only
         from difflab.train.lora import train_lora
         from difflab.train.lora_config import LoraTrainConfig
 
@@ -113,11 +114,12 @@ def lora(
             checkpoint_every=checkpoint_every, seed=seed,
             mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing, resolution=resolution,
         )
-        with progress_bar("lora") as progress:
+        with main_process_only(progress_bar("lora")) as progress:
             task = progress.add_task("lora", total=steps, info="")
             for event in train_lora(config, out, resume=resume):
                 progress.update(task, completed=event.step, info=f"loss {event.loss:.4f}")
-        typer.echo(str(out / "pytorch_lora_weights.safetensors"))
+        if is_main_process():  # under accelerate launch, once
+            typer.echo(str(out / "pytorch_lora_weights.safetensors"))
 
     run()
 
@@ -175,6 +177,7 @@ def controlnet(
     @user_errors
     def run() -> None:
         from difflab.train.controlnet import CONTROLNET_DIR, train_controlnet
+        from difflab.train.distributed import is_main_process, main_process_only
         from difflab.train.controlnet_config import ControlNetTrainConfig
 
         config = ControlNetTrainConfig(
@@ -183,13 +186,14 @@ def controlnet(
             empty_prompt_probability=empty_prompt_probability, checkpoint_every=checkpoint_every,
             validate_every=validate_every, validation_steps=validation_steps, seed=seed,
         )
-        with progress_bar("controlnet") as progress:
+        with main_process_only(progress_bar("controlnet")) as progress:
             task = progress.add_task("controlnet", total=steps, info="")
             for event in train_controlnet(config, out, resume=resume):
                 info = f"loss {event.loss:.4f}" + (f" edge F1 {event.edge_f1:.2f}" if event.edge_f1 is not None else "")
                 progress.update(task, completed=event.step, info=info)
                 if not progress.console.is_terminal and (event.checkpoint or event.step % 100 == 0):
                     typer.echo(f"step {event.step}/{event.total} {info} {event.seconds:.0f}s", err=True)
-        typer.echo(str(out / CONTROLNET_DIR))
+        if is_main_process():  # under accelerate launch, once
+            typer.echo(str(out / CONTROLNET_DIR))
 
     run()

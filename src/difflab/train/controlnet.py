@@ -35,8 +35,9 @@ from typing import Iterator, Optional
 import torch
 
 from difflab.core.checkpoint import atomic_write_bytes
-from difflab.core.train import optimizer_step, step_generator
+from difflab.core.train import set_learning_rate, step_generator
 from difflab.train.controlnet_config import ControlNetTrainConfig
+from difflab.train.distributed import data_parallel
 from difflab.train.loop import (
     RECORD_NAME, STATE_NAME, Run, check_out, encode_posteriors, load_state, save_pretrained_atomically, save_state,
 )
@@ -142,13 +143,17 @@ class _Run(Run):
 
 def train_controlnet(config: ControlNetTrainConfig, out: str | Path, *, resume: bool = False,
                      device: Optional[str] = None) -> Iterator[ControlNetEvent]:
-    """Train a canny ControlNet for ``config.base``, yielding an event per step; writes the layout above."""
+    """Train a canny ControlNet for ``config.base``, yielding an event per step; writes the layout above.
+
+    Under ``accelerate launch``/``torchrun`` with several processes, each trains on its rows of every batch
+    (train/distributed.py) on the launcher's device; only the main process writes files and yields events."""
     from diffusers import DDPMScheduler
 
     from difflab.engine.device import choose_placement
 
     out = Path(out)
-    device = device or choose_placement().device
+    parallel = data_parallel(config.batch_size)
+    device = parallel.device or device or choose_placement().device
     check_out(config, out, resume, "ControlNet")
     pipe, model = load_base(config, device)
     resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
@@ -166,17 +171,22 @@ def train_controlnet(config: ControlNetTrainConfig, out: str | Path, *, resume: 
         record = out / RECORD_NAME
         if record.is_file():
             run.edge_f1 = json.loads(record.read_text()).get("validation_edge_f1")
+    parallel.broadcast_parameters(params.values())
     controlnet.train()
     started = time.perf_counter() - run.seconds
 
     while run.step < config.steps:
-        # 2. This step's images, posterior samples, timesteps, noise and dropped prompts, from this step's generator
+        # 2. This step's images, posterior samples, timesteps, noise and dropped prompts, from this step's generator:
+        #    drawn for the whole batch, of which a data-parallel process keeps its rows
         generator = step_generator(config.seed, run.step)
-        index = torch.randint(0, len(cache.maps), (config.batch_size,), generator=generator)
-        z_0 = cache.mean[index] + cache.std[index] * torch.randn(cache.mean[index].shape, generator=generator).to(device)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (config.batch_size,), generator=generator).to(device)
-        eps = torch.randn(z_0.shape, generator=generator).to(device)
-        dropped = (torch.rand(config.batch_size, generator=generator) < config.empty_prompt_probability).to(device)
+        batch_size, rows = config.batch_size, parallel.rows(config.batch_size)
+        whole = torch.randint(0, len(cache.maps), (batch_size,), generator=generator)
+        latent_noise = torch.randn(cache.mean[whole].shape, generator=generator)[rows]
+        index = whole[rows]
+        z_0 = cache.mean[index] + cache.std[index] * latent_noise.to(device)  # (b, C, h, w)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=generator)[rows].to(device)
+        eps = torch.randn((batch_size, *z_0.shape[1:]), generator=generator)[rows].to(device)
+        dropped = (torch.rand(batch_size, generator=generator) < config.empty_prompt_probability)[rows].to(device)
         text = torch.where(dropped[:, None, None], cache.empty, cache.embeddings[cache.caption_index[index]])
         condition = (cache.maps[index].float() / 255)[:, None].expand(-1, 3, -1, -1).to(device)  # (B, 3, H, W)
 
@@ -187,12 +197,20 @@ def train_controlnet(config: ControlNetTrainConfig, out: str | Path, *, resume: 
         prediction = pipe.unet(z_t, t, encoder_hidden_states=text, down_block_additional_residuals=down,
                                mid_block_additional_residual=middle).sample  # (B, C, h, w)
         loss = (prediction.float() - target.float()).pow(2).mean()
-        learning_rate = optimizer_step(optimizer, loss, params.values(), run.step, config)
+        # core.train.optimizer_step's AdamW step, with the gradients averaged across processes before clipping
+        learning_rate = set_learning_rate(optimizer, run.step, config)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        parallel.average_gradients(params.values())
+        torch.nn.utils.clip_grad_norm_(params.values(), config.grad_clip)
+        optimizer.step()
 
-        # 4. Bookkeeping, checkpoints and validation images
+        # 4. Bookkeeping, checkpoints and validation images: the main process's
         run.step += 1
         run.seconds = time.perf_counter() - started
-        run.rows.append((run.step, loss.item()))
+        run.rows.append((run.step, parallel.mean(loss).item()))  # the whole batch's loss
+        if not parallel.is_main:
+            continue
         last = run.step == config.steps
         written = validation = None
         if (config.validate_every and run.step % config.validate_every == 0) or last:
@@ -202,8 +220,9 @@ def train_controlnet(config: ControlNetTrainConfig, out: str | Path, *, resume: 
             save_state(out, _state_tensors(params), optimizer, run)
             save_controlnet(controlnet, config, out, model, run, resolution)
             written = out / CONTROLNET_DIR
-        yield ControlNetEvent(run.step, config.steps, loss.item(), learning_rate, run.seconds, written, validation,
+        yield ControlNetEvent(run.step, config.steps, run.rows[-1][1], learning_rate, run.seconds, written, validation,
                               run.edge_f1 if validation else None)
+    parallel.finish()
 
 
 def _state_tensors(params: dict[str, torch.nn.Parameter]) -> dict[str, torch.nn.Parameter]:

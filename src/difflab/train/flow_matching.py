@@ -18,15 +18,18 @@ DISTILLED_GUIDANCE = 3.5  # diffusers' Flux LoRA example's default --guidance_sc
 
 
 def flow_matching_step(pipe, scheduler, z_0: torch.Tensor, text: torch.Tensor, pooled: torch.Tensor,
-                       text_ids: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                       text_ids: torch.Tensor, generator: torch.Generator, *, batch_size: int | None = None,
+                       rows: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
     """(prediction, target), both (B, C, h, w), for latents ``z_0`` under ``text`` (B, L, D), ``pooled`` (B, P)
-    and ``text_ids`` (L, 3); sigma and noise drawn from ``generator``."""
+    and ``text_ids`` (L, 3); sigma and noise drawn from ``generator``. A data-parallel process passes the whole
+    batch's ``batch_size`` and its ``rows`` of it: the draws are the whole batch's, ``z_0`` is its rows only."""
     from diffusers import FluxPipeline
 
     batch, channels, height, width = z_0.shape
     device = z_0.device
-    noise = torch.randn(z_0.shape, generator=generator).to(device)
-    index = (torch.rand(batch, generator=generator) * scheduler.config.num_train_timesteps).long()
+    drawn = batch if batch_size is None else batch_size
+    noise = torch.randn((drawn, channels, height, width), generator=generator)[rows].to(device)
+    index = (torch.rand(drawn, generator=generator) * scheduler.config.num_train_timesteps).long()[rows]
     timesteps = scheduler.timesteps[index].to(device)
     sigma = scheduler.sigmas[index].to(device=device, dtype=z_0.dtype).view(-1, 1, 1, 1)
     z_sigma = (1 - sigma) * z_0 + sigma * noise

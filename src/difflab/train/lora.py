@@ -39,6 +39,7 @@ import torch
 
 from difflab.core.checkpoint import atomic_save_safetensors, atomic_write_bytes
 from difflab.core.train import set_learning_rate, step_generator
+from difflab.train.distributed import SINGLE, DataParallel, data_parallel
 from difflab.train.lora_config import FLUX_NETWORKS, TEXT_ENCODER_TARGETS, UNET_NETWORKS, LoraTrainConfig
 from difflab.train.loop import (
     RECORD_NAME, STATE_NAME, Run, check_out, encode_posteriors, load_state, save_state,
@@ -222,13 +223,17 @@ def _encode(pipe, captions: list[str]) -> torch.Tensor:
 
 def train_lora(config: LoraTrainConfig, out: str | Path, *, resume: bool = False,
                device: Optional[str] = None) -> Iterator[LoraEvent]:
-    """Train a LoRA on ``config.data``, yielding an event per step; writes the layout in the module docstring."""
+    """Train a LoRA on ``config.data``, yielding an event per step; writes the layout in the module docstring.
+
+    Under ``accelerate launch``/``torchrun`` with several processes, each trains on its rows of every batch
+    (train/distributed.py) on the launcher's device; only the main process writes files and yields events."""
     from diffusers import DDPMScheduler
 
     from difflab.engine.device import choose_placement
 
     out = Path(out)
-    device = device or choose_placement().device
+    parallel = data_parallel(config.batch_size, config.mixed_precision)
+    device = parallel.device or device or choose_placement().device
     check_out(config, out, resume, "LoRA")
     pipe, model = load_base(config, device)
     if family_of(pipe) == "flux":  # a transformer has no native size: the registry's for the family
@@ -254,6 +259,7 @@ def train_lora(config: LoraTrainConfig, out: str | Path, *, resume: bool = False
     if resume and (out / STATE_NAME).is_file():
         load_state(out, _state_tensors(params), optimizer, run)
     all_params = [p for group in groups for p in group["params"]]
+    parallel.broadcast_parameters(all_params)
     autocast, scaler = _precision(config, device)
     _train_mode(pipe, config)
     started = time.perf_counter() - run.seconds
@@ -263,32 +269,36 @@ def train_lora(config: LoraTrainConfig, out: str | Path, *, resume: bool = False
         generator = step_generator(config.seed, run.step)
         torch.manual_seed(config.seed * 1_000_003 + run.step)  # anything drawing from the global stream
         with autocast:
-            loss = _denoising_loss(pipe, scheduler, cache, config, generator, device)
+            loss = _denoising_loss(pipe, scheduler, cache, config, generator, device, parallel)
             if prior is not None:  # drawn after the data's batch, so runs without reg_data keep their draws
                 loss = loss + config.prior_loss_weight * _denoising_loss(pipe, scheduler, prior, config, generator,
-                                                                         device)
+                                                                         device, parallel)
         learning_rate = set_learning_rate(optimizer, run.step, config)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        parallel.average_gradients(all_params)  # the whole batch's gradient on every process (several only)
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(all_params, config.grad_clip)
         scaler.step(optimizer)
         scaler.update()
 
-        # 4. Bookkeeping, checkpoints (state + LoRA files) and validation images
+        # 4. Bookkeeping, checkpoints (state + LoRA files) and validation images: the main process's
         run.step += 1
         run.seconds = time.perf_counter() - started
-        run.rows.append((run.step, loss.item()))
+        run.rows.append((run.step, parallel.mean(loss).item()))  # the whole batch's loss
+        if not parallel.is_main:
+            continue
         last = run.step == config.steps
         written = validation = None
         if run.step % config.checkpoint_every == 0 or last:
             save_state(out, _state_tensors(params), optimizer, run)
-            save_lora(pipe, config, out, model, run, num_images=len(cache.captions))
+            save_lora(pipe, config, out, model, run, num_images=len(cache.captions), processes=parallel.world_size)
             written = out
         if (config.validate_every and run.step % config.validate_every == 0) or (last and config.validate_every):
             validation = write_validation(pipe, config, out, run.step, cache.captions)
             _train_mode(pipe, config)
-        yield LoraEvent(run.step, config.steps, loss.item(), learning_rate, run.seconds, written, validation)
+        yield LoraEvent(run.step, config.steps, run.rows[-1][1], learning_rate, run.seconds, written, validation)
+    parallel.finish()
 
 
 def _train_mode(pipe, config: LoraTrainConfig) -> None:
@@ -299,14 +309,22 @@ def _train_mode(pipe, config: LoraTrainConfig) -> None:
 
 
 def _denoising_loss(pipe, scheduler, cache: _Cache, config: LoraTrainConfig, generator: torch.Generator,
-                    device: str) -> torch.Tensor:
+                    device: str, parallel: DataParallel = SINGLE) -> torch.Tensor:
     """The base model's loss on a batch of ``cache`` (images, posterior samples, timesteps, noise drawn from
-    ``generator``), through the LoRA-adapted networks; masked and Min-SNR weighted as ``config`` says."""
+    ``generator``), through the LoRA-adapted networks; masked and Min-SNR weighted as ``config`` says.
+
+    Data-parallel: every draw is of the whole batch, this process keeps ``parallel.rows`` of it, and its loss is
+    scaled so that the processes' mean is the whole batch's loss."""
     batch_size = config.batch_size
-    index = torch.randint(0, len(cache.captions), (batch_size,), generator=generator)
-    latent_noise = torch.randn(cache.mean[index].shape, generator=generator)
-    z_0 = cache.mean[index] + cache.std[index] * latent_noise.to(device)  # (B, C, h, w)
+    rows = parallel.rows(batch_size)
+    whole = torch.randint(0, len(cache.captions), (batch_size,), generator=generator)
+    latent_noise = torch.randn(cache.mean[whole].shape, generator=generator)[rows]
+    index = whole[rows]
+    z_0 = cache.mean[index] + cache.std[index] * latent_noise.to(device)  # (b, C, h, w), b = this process's rows
     weight = None if cache.weights is None else cache.weights[index]
+    weight_total = None  # the masked loss's normaliser: the whole batch's, shared out between the processes
+    if weight is not None and parallel.world_size > 1:
+        weight_total = cache.weights[whole].sum() / parallel.world_size
     if cache.embeddings is not None:
         text, pooled = cache.embeddings[index], None if cache.pooled is None else cache.pooled[index]
     else:  # the text-encoder LoRA trains: encode this batch through it (Flux: T5 frozen, as diffusers' example)
@@ -314,19 +332,20 @@ def _denoising_loss(pipe, scheduler, cache: _Cache, config: LoraTrainConfig, gen
     if cache.text_ids is not None:  # Flux: flow matching on the transformer
         from difflab.train.flow_matching import flow_matching_step
 
-        prediction, target = flow_matching_step(pipe, scheduler, z_0, text, pooled, cache.text_ids, generator)
-        return weighted_mse(prediction.float(), target.float(), weight)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
-    eps = torch.randn(z_0.shape, generator=generator).to(device)
+        prediction, target = flow_matching_step(pipe, scheduler, z_0, text, pooled, cache.text_ids, generator,
+                                                batch_size=batch_size, rows=rows)
+        return weighted_mse(prediction.float(), target.float(), weight, weight_total=weight_total)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=generator)[rows]
+    eps = torch.randn((batch_size, *z_0.shape[1:]), generator=generator)[rows].to(device)
     t = t.to(device)
     z_t = scheduler.add_noise(z_0, eps, t)
     target = eps if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(z_0, eps, t)
     extra = {}
     if cache.time_ids is not None:  # SDXL: pooled text and the size/crop numbers join the time embedding
-        extra["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": cache.time_ids.repeat(batch_size, 1)}
-    prediction = pipe.unet(z_t, t, encoder_hidden_states=text, **extra).sample  # (B, C, h, w)
+        extra["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": cache.time_ids.repeat(len(index), 1)}
+    prediction = pipe.unet(z_t, t, encoder_hidden_states=text, **extra).sample  # (b, C, h, w)
     per_sample = min_snr_weight(scheduler, t, config.min_snr_gamma) if config.min_snr_gamma else None
-    return weighted_mse(prediction.float(), target.float(), weight, per_sample)
+    return weighted_mse(prediction.float(), target.float(), weight, per_sample, weight_total=weight_total)
 
 
 def _precision(config: LoraTrainConfig, device: str):
@@ -363,7 +382,7 @@ def peft_state_dicts(pipe, config: LoraTrainConfig) -> dict[str, dict[str, torch
 
 
 def save_lora(pipe, config: LoraTrainConfig, out: Path, model=None, run: Optional[Run] = None,
-              num_images: int = 0) -> Path:
+              num_images: int = 0, processes: int = 1) -> Path:
     """Write the diffusers file, the kohya export and the JSON record; each file replaced atomically."""
     from diffusers.utils import convert_state_dict_to_diffusers
 
@@ -387,7 +406,7 @@ def save_lora(pipe, config: LoraTrainConfig, out: Path, model=None, run: Optiona
         type(pipe).save_lora_weights(temporary, **layers, **metadata, safe_serialization=True)
         os.replace(Path(temporary) / DIFFUSERS_NAME, out / DIFFUSERS_NAME)
     # 2. kohya format: U-Net layer names for SD and SDXL; BFL's fused layers for Flux (train/kohya_flux.py)
-    record = training_record(config, model, run, num_images)
+    record = training_record(config, model, run, num_images, processes)
     kohya_path = out / "kohya" / f"{out.resolve().name}.safetensors"
     if name == "unet":
         tensors = to_kohya(dicts["unet"], encoders, config.lora_alpha)
@@ -468,7 +487,8 @@ def kohya_metadata(config: LoraTrainConfig, record: dict[str, Any], output_name:
         "ss_network_train_unet_only": str(not config.text_encoder_lora),
         "ss_lr_scheduler": KOHYA_LR_SCHEDULERS.get(config.lr_scheduler, config.lr_scheduler),
         "ss_lr_warmup_steps": str(config.warmup_steps),
-        "ss_batch_size_per_device": str(config.batch_size),
+        "ss_batch_size_per_device": str(config.batch_size // record.get("processes", 1)),
+        "ss_total_batch_size": str(config.batch_size),
         "ss_resolution": f"({record['resolution']}, {record['resolution']})",
         "ss_seed": str(config.seed),
         "ss_mixed_precision": config.mixed_precision,
@@ -479,7 +499,8 @@ def kohya_metadata(config: LoraTrainConfig, record: dict[str, Any], output_name:
     }
 
 
-def training_record(config: LoraTrainConfig, model=None, run: Optional[Run] = None, num_images: int = 0) -> dict:
+def training_record(config: LoraTrainConfig, model=None, run: Optional[Run] = None, num_images: int = 0,
+                    processes: int = 1) -> dict:
     import diffusers
     import peft
 
@@ -498,6 +519,7 @@ def training_record(config: LoraTrainConfig, model=None, run: Optional[Run] = No
         "trigger": config.trigger,
         "resolution": resolution,
         "num_images": num_images,
+        "processes": processes,  # data-parallel processes of the last stretch (the global batch is batch_size)
         "steps_done": run.step if run else 0,
         "seconds": round(run.seconds, 2) if run else 0.0,
         "final_loss": run.rows[-1][1] if run and run.rows else None,

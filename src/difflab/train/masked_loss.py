@@ -24,22 +24,25 @@ def latent_weight(mask: torch.Tensor, latent_size: tuple[int, int], foreground_w
 
 
 def weighted_mean(error: torch.Tensor, weight: torch.Tensor | None,
-                  sample_weight: torch.Tensor | None = None) -> torch.Tensor:
+                  sample_weight: torch.Tensor | None = None, weight_total: torch.Tensor | None = None) -> torch.Tensor:
     """Mean of a (B, C, h, w) per-element error, pixel (b, :, i, j) counting ``weight[b, 0, i, j]`` times
     (normalised by the total weight, so a weight of ones is the plain mean); None is the plain mean.
     ``sample_weight`` (B,) scales sample b's share without changing the normaliser, as diffusers' examples apply
-    Min-SNR (loss per sample x weight, then the mean)."""
+    Min-SNR (loss per sample x weight, then the mean). ``weight_total`` replaces ``weight.sum()`` as the
+    normaliser: a data-parallel process weighs its rows against the whole batch's weight (train/distributed.py),
+    so that the processes' mean is the whole batch's weighted mean."""
     if sample_weight is not None:
         error = error * sample_weight.to(error.dtype).view(-1, 1, 1, 1)
     if weight is None:
         return error.mean()
-    return (error * weight).sum() / (weight.sum() * error.shape[1])
+    total = weight.sum() if weight_total is None else weight_total
+    return (error * weight).sum() / (total * error.shape[1])
 
 
 def weighted_mse(prediction: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
-                 sample_weight: torch.Tensor | None = None) -> torch.Tensor:
+                 sample_weight: torch.Tensor | None = None, weight_total: torch.Tensor | None = None) -> torch.Tensor:
     """Mean squared error over (B, C, h, w) latents, weighted per latent pixel as in ``weighted_mean``."""
-    return weighted_mean((prediction - target).pow(2), weight, sample_weight)
+    return weighted_mean((prediction - target).pow(2), weight, sample_weight, weight_total)
 
 
 def min_snr_weight(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
