@@ -20,6 +20,7 @@ from difflab.serve.config import ServeConfig
 from difflab.serve.errors import error_response, install_error_handlers
 from difflab.serve.queue import JobStore
 from difflab.serve.security import BodyTooLarge, SecurityMiddleware
+from difflab.serve.waiters import JobWaiters
 from difflab.serve.worker import Worker
 
 log = logging.getLogger("difflab.serve")
@@ -33,6 +34,7 @@ class ServerState:
     catalog: Catalog
     requeued_at_start: int = 0
     a1111_options: dict[str, Any] = field(default_factory=dict)  # what POST /sdapi/v1/options set
+    waiters: JobWaiters = field(default_factory=JobWaiters)  # synchronous requests waiting for their job
 
 
 def server_of(request: Request) -> ServerState:
@@ -93,6 +95,7 @@ def create_app(config: ServeConfig, *, cache=None, lock_data_dir: bool = True) -
         catalog = Catalog(config.models_dir, config.data_dir / "inputs", config.loras_dir or default_lora_dir())
         app.state.server = ServerState(config, store, worker, catalog, requeued,
                                        {"sd_model_checkpoint": config.default_model})
+        store.add_finish_listener(app.state.server.waiters.job_finished)
         worker.start()
         try:
             yield

@@ -45,7 +45,18 @@ CREATE TABLE IF NOT EXISTS jobs (
     images TEXT NOT NULL DEFAULT '[]'           -- JSON list of {"file", "seed", "index"}
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    key TEXT PRIMARY KEY,                       -- the client's Idempotency-Key header
+    fingerprint TEXT NOT NULL,                  -- route and body it came with (serve.idempotency.fingerprint)
+    job_id TEXT NOT NULL,                       -- the job the first request made; a retry answers with it
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS idempotency_by_job ON idempotency_keys (job_id);
 """
+
+
+class KeyReused(Exception):
+    """An idempotency key that came before with another request (serve.idempotency turns it into a 422)."""
 
 
 class QueueFull(Exception):
@@ -99,6 +110,9 @@ class JobStore:
         self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
+        # called with a job's id when it reaches a finished state, after the commit, in whichever thread made
+        # the change: what wakes a synchronous request the moment its job ends (serve.waiters)
+        self._finish_listeners: list[Callable[[str], None]] = []
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -120,18 +134,55 @@ class JobStore:
             self._db.execute("COMMIT")
             self._changed.notify_all()
 
+    def add_finish_listener(self, listener: Callable[[str], None]) -> None:
+        """``listener(job_id)`` after every commit that moves a job to done, failed or cancelled."""
+        self._finish_listeners.append(listener)
+
+    def _finished(self, job_ids: list[str]) -> None:
+        for job_id in job_ids:
+            for listener in self._finish_listeners:
+                listener(job_id)
+
     # ---- submitting and reading -------------------------------------------------------------------------------
 
-    def submit(self, request: dict[str, Any], *, max_queue: int, source: str = "v1") -> Job:
-        """Append a queued job, or raise QueueFull when ``max_queue`` jobs are already waiting."""
+    def submit(self, request: dict[str, Any], *, max_queue: int, source: str = "v1",
+               idempotency: Optional[tuple[str, str]] = None) -> Job:
+        """Append a queued job, or raise QueueFull when ``max_queue`` jobs are already waiting.
+
+        ``idempotency``: (key, fingerprint). A key seen before with the same fingerprint returns that first job
+        instead of adding one (checked in the same transaction as the insert, so two concurrent retries make one
+        job); with another fingerprint it raises KeyReused."""
         job_id = uuid.uuid4().hex
         with self._transaction() as db:
+            if idempotency is not None:
+                existing = self._job_for_key(db, *idempotency)
+                if existing is not None:
+                    return existing
             waiting = db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'queued'").fetchone()[0]
             if waiting >= max_queue:
                 raise QueueFull(self._retry_after(db, waiting), max_queue)
+            now = time.time()
             db.execute("INSERT INTO jobs (id, state, request, source, created) VALUES (?, 'queued', ?, ?, ?)",
-                       (job_id, json.dumps(request, sort_keys=True), source, time.time()))
+                       (job_id, json.dumps(request, sort_keys=True), source, now))
+            if idempotency is not None:
+                db.execute("INSERT INTO idempotency_keys (key, fingerprint, job_id, created) VALUES (?, ?, ?, ?)",
+                           (*idempotency, job_id, now))
         return self.get(job_id)
+
+    def job_for_key(self, key: str, fingerprint: str) -> Optional[Job]:
+        """The job an earlier request with this idempotency key made (None: the key is new); KeyReused when that
+        request had another fingerprint."""
+        with self._lock:
+            return self._job_for_key(self._db, key, fingerprint)
+
+    def _job_for_key(self, db: sqlite3.Connection, key: str, fingerprint: str) -> Optional[Job]:
+        row = db.execute("SELECT j.*, k.fingerprint AS key_fingerprint FROM idempotency_keys k JOIN jobs j "
+                         "ON j.id = k.job_id WHERE k.key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        if row["key_fingerprint"] != fingerprint:
+            raise KeyReused(key)
+        return Job.from_row(row)
 
     def get(self, job_id: str) -> Optional[Job]:
         with self._lock:
@@ -252,15 +303,20 @@ class JobStore:
 
     def _end(self, job_id: str, state: str, *, images: Optional[list] = None, error: Optional[str] = None) -> None:
         with self._transaction() as db:
-            db.execute("UPDATE jobs SET state = ?, finished = ?, images = ?, error = ? WHERE id = ? "
-                       "AND state = 'running'", (state, time.time(), json.dumps(images or []), error, job_id))
+            ended = db.execute("UPDATE jobs SET state = ?, finished = ?, images = ?, error = ? WHERE id = ? "
+                               "AND state = 'running'",
+                               (state, time.time(), json.dumps(images or []), error, job_id)).rowcount
+        if ended:
+            self._finished([job_id])
 
     # ---- the client's side ------------------------------------------------------------------------------------
 
     def cancel(self, job_id: str) -> Optional[Job]:
         """A queued job is cancelled at once; a running one is asked to stop at its next step. None if unknown."""
         with self._transaction() as db:
-            db.execute("UPDATE jobs SET state = 'cancelled', finished = ? WHERE id = ? AND state = 'queued'",
-                       (time.time(), job_id))
+            cancelled = db.execute("UPDATE jobs SET state = 'cancelled', finished = ? WHERE id = ? "
+                                   "AND state = 'queued'", (time.time(), job_id)).rowcount
             db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND state = 'running'", (job_id,))
+        if cancelled:
+            self._finished([job_id])
         return self.get(job_id)

@@ -50,12 +50,21 @@ async def submit(server: ServerState, body: Any, source: str) -> Job:
 
 
 async def wait_until_finished(server: ServerState, job: Job) -> Job:
-    """Poll the store until the job ends or the sync timeout passes (then the job is returned unfinished)."""
+    """Wait until the job ends (woken by the store: serve.waiters) or the sync timeout passes (then the job is
+    returned unfinished)."""
+    from difflab.serve.waiters import FALLBACK_POLL_S
+
     deadline = time.monotonic() + server.config.sync_timeout_s
-    while not job.is_finished and time.monotonic() < deadline:
-        await asyncio.sleep(_POLL_S)
-        job = server.store.get(job.id) or job
-    return job
+    with server.waiters.watch(job.id) as ended:  # registered before the read below: no end can slip between
+        while True:
+            job = server.store.get(job.id) or job
+            remaining = deadline - time.monotonic()
+            if job.is_finished or remaining <= 0:
+                return job
+            try:
+                await asyncio.wait_for(ended.wait(), min(remaining, FALLBACK_POLL_S))
+            except asyncio.TimeoutError:
+                pass
 
 
 def job_json(server: ServerState, job: Job) -> dict[str, Any]:
