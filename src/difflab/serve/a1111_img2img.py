@@ -15,13 +15,16 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import Field
 
 from difflab.serve.a1111 import Txt2ImgRequest, a1111_error, a1111_response, run_job, to_generation_body
 from difflab.serve.app import ServerState, server_of
 from difflab.serve.catalog import FieldError
+from difflab.serve.idempotency import DESCRIPTION as IDEMPOTENCY_KEY_DESCRIPTION
+from difflab.serve.idempotency import HEADER as IDEMPOTENCY_HEADER
+from difflab.serve.idempotency import idempotency_key
 
 router = APIRouter(prefix="/sdapi/v1", tags=["a1111"])
 DEFAULT_DENOISING_STRENGTH = 0.75  # A1111's, and GenerationRequest's DEFAULT_STRENGTH
@@ -88,16 +91,18 @@ def _inverted(png: bytes) -> bytes:
 
 
 @router.post("/img2img")
-async def img2img(request: Request, body: Img2ImgRequest):
+async def img2img(request: Request, body: Img2ImgRequest,
+                  key: Optional[str] = Header(None, alias=IDEMPOTENCY_HEADER, description=IDEMPOTENCY_KEY_DESCRIPTION)):
     """A1111's img2img (and inpainting with ``mask``): ``{"images", "parameters", "info"}`` like txt2img."""
     server = server_of(request)
     try:
+        idempotency = idempotency_key(key, "/sdapi/v1/img2img", body.model_dump(mode="json"))
         check_supported(body)
         generation_body = to_generation_body(server, body)
         generation_body.update(await run_in_threadpool(store_images, server, body))
     except FieldError as error:  # already in A1111's terms
         return a1111_error(error, rename=False)
-    job, failure = await run_job(server, generation_body)
+    job, failure = await run_job(server, generation_body, idempotency)
     if failure is not None:
         return failure
     parameters = body.model_dump()
