@@ -10,6 +10,7 @@ import logging
 import os
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from difflab.serve.catalog import Catalog
 from difflab.serve.config import ServeConfig
 from difflab.serve.errors import error_response, install_error_handlers
 from difflab.serve.queue import JobStore
+from difflab.serve.retention import sweep
 from difflab.serve.security import BodyTooLarge, SecurityMiddleware
 from difflab.serve.waiters import JobWaiters
 from difflab.serve.worker import Worker
@@ -89,10 +91,13 @@ def create_app(config: ServeConfig, *, cache=None, lock_data_dir: bool = True) -
         requeued = store.recover()  # before the worker starts: nothing is really running yet
         if requeued:
             log.warning("re-queued %d job(s) that were running when the server last stopped", requeued)
+        policy = config.retention
         worker = Worker(store, config.images_dir, cache=cache, preview_every=config.preview_every,
                         preview_max_side=config.preview_max_side,
-                        batch_max_images=config.batch_max_images if config.batch else 1)
-        catalog = Catalog(config.models_dir, config.data_dir / "inputs", config.loras_dir or default_lora_dir())
+                        batch_max_images=config.batch_max_images if config.batch else 1,
+                        housekeeping=partial(sweep, store, config.images_dir, config.inputs_dir, policy),
+                        housekeeping_every_s=policy.every_s)
+        catalog = Catalog(config.models_dir, config.inputs_dir, config.loras_dir or default_lora_dir())
         app.state.server = ServerState(config, store, worker, catalog, requeued,
                                        {"sd_model_checkpoint": config.default_model})
         store.add_finish_listener(app.state.server.waiters.job_finished)

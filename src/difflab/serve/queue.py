@@ -309,6 +309,39 @@ class JobStore:
         if ended:
             self._finished([job_id])
 
+    # ---- retention (serve.retention) ---------------------------------------------------------------------------
+
+    def finished_jobs(self) -> list[Job]:
+        """Every finished job, the longest finished first."""
+        with self._lock:
+            rows = self._db.execute(f"SELECT * FROM jobs WHERE state IN {FINISHED_STATES} "
+                                    "ORDER BY finished, seq").fetchall()
+        return [Job.from_row(row) for row in rows]
+
+    def delete_finished(self, job_ids: list[str]) -> int:
+        """Remove these jobs' rows and idempotency keys; a job that is not finished (any more) is left alone.
+        Returns how many rows went."""
+        removed = 0
+        with self._transaction() as db:
+            for start in range(0, len(job_ids), 500):  # SQLite's bound on host parameters
+                chunk = job_ids[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                db.execute(f"DELETE FROM idempotency_keys WHERE job_id IN ({marks}) AND job_id IN "
+                           f"(SELECT id FROM jobs WHERE state IN {FINISHED_STATES})", chunk)
+                removed += db.execute(f"DELETE FROM jobs WHERE id IN ({marks}) AND state IN {FINISHED_STATES}",
+                                      chunk).rowcount
+        return removed
+
+    def job_ids(self) -> set[str]:
+        with self._lock:
+            return {row[0] for row in self._db.execute("SELECT id FROM jobs")}
+
+    def requests(self) -> Iterator[dict[str, Any]]:
+        """The request of every job, in any state (what input files are still in use)."""
+        with self._lock:
+            texts = [row[0] for row in self._db.execute("SELECT request FROM jobs")]
+        return (json.loads(text) for text in texts)
+
     # ---- the client's side ------------------------------------------------------------------------------------
 
     def cancel(self, job_id: str) -> Optional[Job]:

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import traceback
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from difflab.serve.previews import PreviewBoard
 from difflab.serve.queue import Job, JobStore
@@ -36,7 +37,8 @@ class WorkerStopping(Exception):
 
 class Worker:
     def __init__(self, store: JobStore, images_dir: Path, cache=None, idle_wait_s: float = 1.0, *,
-                 preview_every: int = 0, preview_max_side: int = 256, batch_max_images: int = 1):
+                 preview_every: int = 0, preview_max_side: int = 256, batch_max_images: int = 1,
+                 housekeeping: Optional[Callable[[], Any]] = None, housekeeping_every_s: float = 600.0):
         from difflab.engine.pipeline import PipelineCache
 
         self.store = store
@@ -48,6 +50,11 @@ class Worker:
         self.previews = PreviewBoard()  # the running job's latest preview, for the event stream
         self.batch_max_images = batch_max_images  # > 1: compatible queued jobs run as one call of up to this many
         self.current: Optional[Job] = None  # the job running now (for /sdapi/v1/progress)
+        # housekeeping (serve.retention.sweep) runs here, between jobs: at start, then every housekeeping_every_s.
+        # In this thread it can never delete what a job is writing, and it needs no lock of its own
+        self.housekeeping = housekeeping
+        self.housekeeping_every_s = housekeeping_every_s
+        self._next_housekeeping = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="difflab-worker", daemon=True)
 
@@ -67,6 +74,7 @@ class Worker:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            self._housekeep_if_due()
             jobs = self._claim()
             if not jobs:
                 self.store.wait_for_change(self.idle_wait_s)
@@ -85,6 +93,15 @@ class Worker:
                 self.current = None
                 for job in jobs:
                     self.previews.drop(job.id)
+
+    def _housekeep_if_due(self) -> None:
+        if self.housekeeping is None or time.monotonic() < self._next_housekeeping:
+            return
+        self._next_housekeeping = time.monotonic() + self.housekeeping_every_s
+        try:
+            self.housekeeping()
+        except Exception:  # a failed sweep must not stop the queue; it is tried again next time
+            log.error("housekeeping failed\n%s", traceback.format_exc())
 
     def _claim(self) -> list[Job]:
         """The next job, or with batching the next run of compatible queued jobs (engine.merged.merge_key)."""
