@@ -7,7 +7,6 @@ request: no module globals, so two apps (two tests) in one process never share a
 from __future__ import annotations
 
 import logging
-import os
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -16,6 +15,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 
+from difflab.io.locks import ExclusiveFileLock, LockHeld
 from difflab.serve.catalog import Catalog
 from difflab.serve.config import ServeConfig
 from difflab.serve.errors import error_response, install_error_handlers
@@ -47,25 +47,14 @@ class DataDirLocked(ValueError):
     """Another server holds this data folder."""
 
 
-def _lock_data_dir(data_dir: Path):
+def _lock_data_dir(data_dir: Path) -> ExclusiveFileLock:
     """An exclusive lock on DATA_DIR/server.lock for the server's lifetime. Two servers on one queue would each
     re-queue the other's running job at startup and run it twice. The OS drops the lock when the process dies,
-    even by kill -9, so a crash never leaves a stale lock."""
+    even by kill -9, so a crash never leaves a stale lock (io.locks: the same on Windows)."""
     try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; one server per data folder is then the user's job
-        return None
-    handle = open(data_dir / "server.lock", "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
+        return ExclusiveFileLock(data_dir / "server.lock").acquire()
+    except LockHeld:
         raise DataDirLocked(f"data_dir: {data_dir} is in use by another difflab server") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
-    return handle
 
 
 def default_lora_dir() -> Path:
@@ -108,7 +97,7 @@ def create_app(config: ServeConfig, *, cache=None, lock_data_dir: bool = True) -
             worker.stop()
             store.close()
             if lock is not None:
-                lock.close()
+                lock.release()
 
     app = FastAPI(
         title="difflab", version=__version__, lifespan=lifespan,
@@ -149,5 +138,4 @@ def serve(config: ServeConfig, *, log_level: str = "info") -> None:
         uvicorn.run(create_app(config, lock_data_dir=False), host=config.host, port=config.port,
                     log_level=log_level, timeout_graceful_shutdown=10)
     finally:
-        if lock is not None:
-            lock.close()
+        lock.release()
