@@ -11,9 +11,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from fastapi import FastAPI, Request
+from fastapi.responses import RedirectResponse
 
 from difflab.io.locks import ExclusiveFileLock, LockHeld
 from difflab.serve.catalog import Catalog
@@ -26,6 +27,8 @@ from difflab.serve.waiters import JobWaiters
 from difflab.serve.worker import Worker
 
 log = logging.getLogger("difflab.serve")
+DOCS_PATH = "/docs"
+DOCS_STATIC_PATH = "/docs-static"  # Swagger UI's and ReDoc's files, from the fastapi-offline package
 
 
 @dataclass
@@ -99,7 +102,7 @@ def create_app(config: ServeConfig, *, cache=None, lock_data_dir: bool = True) -
             if lock is not None:
                 lock.release()
 
-    app = FastAPI(
+    app = _new_app(
         title="difflab", version=__version__, lifespan=lifespan,
         description="Text-to-image generation over difflab's engine: a persistent job queue (`/v1`) and "
                     "AUTOMATIC1111-compatible endpoints (`/sdapi/v1`). Request bodies are difflab's "
@@ -115,15 +118,53 @@ def create_app(config: ServeConfig, *, cache=None, lock_data_dir: bool = True) -
     app.include_router(routes.router)
     app.include_router(a1111.router)
     app.include_router(a1111_img2img.router)
+    app.state.ui_path = None
     if config.ui:
-        from difflab.serve.ui import gradio_available, mount_ui
+        from difflab.serve.ui import UI_PATH, gradio_available, mount_ui
 
         if gradio_available():
             app = mount_ui(app)
+            app.state.ui_path = f"{UI_PATH}/"
         else:
             log.warning("the web UI needs Gradio (pip install 'difflab[ui]'); serving the API only")
+
+    @app.get("/", include_in_schema=False)
+    async def _root():
+        """A browser pointed at the server lands on something useful: the UI when mounted, else the API docs."""
+        return RedirectResponse(app.state.ui_path or DOCS_PATH)
+
     app.add_middleware(SecurityMiddleware, api_token=config.api_token, max_body_bytes=config.max_body_bytes)
     return app
+
+
+def _new_app(**settings: Any) -> FastAPI:
+    """FastAPI whose ``/docs`` (Swagger UI) and ``/redoc`` load their scripts and styles from the fastapi-offline
+    package, served by this server, instead of from a CDN: the docs work on a machine with no network."""
+    try:
+        from fastapi_offline import FastAPIOffline
+    except ImportError:
+        log.warning("fastapi-offline is not installed, so /docs loads Swagger UI from a CDN "
+                    "(pip install 'difflab[serve]')")
+        return FastAPI(**settings)
+    # validatorUrl None: Swagger UI would otherwise send the schema to validator.swagger.io for a badge
+    return FastAPIOffline(docs_url=DOCS_PATH, static_url=DOCS_STATIC_PATH,
+                          swagger_ui_parameters={"validatorUrl": None}, **settings)
+
+
+def start_banner(config: ServeConfig, port: int, ui_path: Optional[str]) -> str:
+    """What ``difflab serve`` prints once it listens: where the API, its docs and the UI are."""
+    host = config.host
+    if host in ("0.0.0.0", "::", ""):  # every interface: this machine's name works from elsewhere
+        host, where = "localhost", f" (listening on all interfaces, {config.host})"
+    else:
+        where = ""
+    base = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    lines = [f"difflab serve is running{where}; Ctrl+C stops it",
+             f"  API        {base}/v1   (A1111: {base}/sdapi/v1)",
+             f"  API docs   {base}{DOCS_PATH}"]
+    if ui_path:
+        lines.append(f"  web UI     {base}{ui_path}")
+    return "\n".join(lines)
 
 
 def serve(config: ServeConfig, *, log_level: str = "info") -> None:
@@ -131,11 +172,19 @@ def serve(config: ServeConfig, *, log_level: str = "info") -> None:
     is refused here, as a one-line error, before uvicorn starts."""
     import uvicorn
 
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets)
+            if self.started:  # listening now (after a bind failure there is nothing to announce)
+                port = self.servers[0].sockets[0].getsockname()[1] if self.servers else config.port
+                print(start_banner(config, port, app.state.ui_path), flush=True)
+
     config.data_dir.mkdir(parents=True, exist_ok=True)
     lock = _lock_data_dir(config.data_dir)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        uvicorn.run(create_app(config, lock_data_dir=False), host=config.host, port=config.port,
-                    log_level=log_level, timeout_graceful_shutdown=10)
+        app = create_app(config, lock_data_dir=False)
+        Server(uvicorn.Config(app, host=config.host, port=config.port, log_level=log_level,
+                              timeout_graceful_shutdown=10)).run()
     finally:
         lock.release()
