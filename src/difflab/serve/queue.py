@@ -207,6 +207,11 @@ class JobStore:
             return self._db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'queued' AND seq < ?",
                                     (job.seq,)).fetchone()[0]
 
+    def queued(self) -> int:
+        """How many jobs wait (an index range: cheap however long the history)."""
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'queued'").fetchone()[0]
+
     def counts(self) -> dict[str, int]:
         with self._lock:
             rows = self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()

@@ -27,6 +27,11 @@ from difflab.serve.queue import Job, JobStore
 log = logging.getLogger("difflab.serve")
 
 
+# with batching, how long the worker may wait for the clients it just answered (see Worker._gather)
+GATHER_FRACTION = 0.25  # of the batch that just ran: at most a quarter more latency for anyone
+GATHER_MAX_S = 0.05  # and never more than this: a returning client takes a few milliseconds
+
+
 class JobCancelled(Exception):
     """Raised inside the step callback to stop a job the client cancelled."""
 
@@ -80,6 +85,7 @@ class Worker:
                 self.store.wait_for_change(self.idle_wait_s)
                 continue
             self.current = jobs[0]
+            started = time.monotonic()
             try:
                 if len(jobs) == 1:
                     self.run_job(jobs[0])
@@ -93,6 +99,8 @@ class Worker:
                 self.current = None
                 for job in jobs:
                     self.previews.drop(job.id)
+            if self.batch_max_images > 1:
+                self._gather(len(jobs), time.monotonic() - started)
 
     def _housekeep_if_due(self) -> None:
         if self.housekeeping is None or time.monotonic() < self._next_housekeeping:
@@ -102,6 +110,20 @@ class Worker:
             self.housekeeping()
         except Exception:  # a failed sweep must not stop the queue; it is tried again next time
             log.error("housekeeping failed\n%s", traceback.format_exc())
+
+    def _gather(self, answered: int, seconds: float) -> None:
+        """With batching, before the next claim: wait briefly for the clients just answered to send their next
+        request, so that it joins the next batch. Synchronous clients come back within milliseconds, but without
+        this wait the worker claims at once whatever is queued then, and 8 clients settle into batches of 1, 7,
+        1, 7 (or 4, 4) instead of 8. Waits until ``answered`` more jobs are queued (never beyond a full batch),
+        at most GATHER_FRACTION of the batch that just ran and GATHER_MAX_S; one client waits for nothing (its
+        next job is the one it waits for), and a client that does not come back costs that bound once."""
+        deadline = time.monotonic() + min(GATHER_MAX_S, GATHER_FRACTION * seconds)
+        target = min(self.batch_max_images, self.store.queued() + answered)
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            if self.store.queued() >= target:
+                return
+            self.store.wait_for_change(deadline - time.monotonic())
 
     def _claim(self) -> list[Job]:
         """The next job, or with batching the next run of compatible queued jobs (engine.merged.merge_key)."""
