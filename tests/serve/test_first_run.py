@@ -35,12 +35,6 @@ def test_the_root_leads_to_the_api_docs_without_a_ui(client) -> None:
     assert response.status_code in (302, 307) and response.headers["location"] == "/docs"
 
 
-def test_the_root_leads_to_the_ui_when_mounted(make_client) -> None:
-    pytest.importorskip("gradio")
-    response = make_client(ui=True).get("/", follow_redirects=False)
-    assert response.status_code in (302, 307) and response.headers["location"] == "/ui/"
-
-
 def test_serve_prints_where_the_api_and_its_docs_are(models_dir: Path, tmp_path: Path) -> None:
     with LiveServer(tmp_path / "data", models_dir) as server:
         deadline = time.monotonic() + 10
@@ -48,5 +42,5 @@ def test_serve_prints_where_the_api_and_its_docs_are(models_dir: Path, tmp_path:
             time.sleep(0.1)
         log = server.log.read_text()
         assert f"API        {server.url}/v1" in log and f"API docs   {server.url}/docs" in log, log[-2000:]
-        assert "web UI" not in log  # no --ui: no UI line
+        assert "web UI" not in log  # no --ui: no UI line (with one: tests/serve/test_ui.py)
         assert httpx.get(f"{server.url}/", follow_redirects=True, timeout=10).status_code == 200
