@@ -5,9 +5,9 @@ Each client sends synchronous ``POST /v1/generate`` requests (one image each, di
 row's jobs are used up; a 429 is retried after its Retry-After. The server is a real ``difflab serve`` process on a
 free loopback port with a fresh data folder, started once without and once with ``--batch``. The baseline runs the
 same requests through ``engine.pipeline.run`` and ``save_result`` in this process while the server idles, so they
-never share the CPU: once before any server starts, and again right before each server row ("adjacent baseline"),
-which is what that row is compared with, so that a machine whose load drifts during the run (a shared one) skews
-the ratios less. "calls" counts the pipeline calls the server made (jobs that started together ran as one).
+never share the CPU: once before any server starts, and again right before and right after each server row (their
+mean is the row's "adjacent baseline", what the row is compared with), so that a machine whose load drifts during
+the run (a shared one) skews the ratios less. "calls" counts the pipeline calls the server made (jobs that started together ran as one).
 With one client there is never a second job queued, so batching has nothing to merge; with 8 up to 8 wait.
 The last lines compare the two rows the server is judged by with their targets (issue 19): one client without
 batching at >= 0.9x the engine, 8 clients with ``--batch`` at >= 1.5x.
@@ -44,7 +44,7 @@ class Row:
     rate: float  # images/s
     latencies: list[float]
     calls: int  # pipeline calls
-    baseline: float = 0.0  # images/s of the engine in-process, measured right before this row
+    baseline: float = 0.0  # images/s of the engine in-process, measured right before and after this row (mean)
 
 
 def free_port() -> int:
@@ -204,10 +204,11 @@ def main() -> None:
             url = f"http://127.0.0.1:{port}"
             through_server(args, url, server_model, 1, 100_000, 2)  # warm-up: the server loads the pipeline
             for count in counts:
-                adjacent = baseline(args, engine_model, cache).rate  # the server idles meanwhile
+                before = baseline(args, engine_model, cache).rate  # the server idles meanwhile
                 rate, latencies, calls = through_server(args, url, server_model, count, count * 1000, args.jobs)
+                after = baseline(args, engine_model, cache).rate
                 batching = f"on (max {batch_max_images})" if batch_max_images > 1 else "off"
-                rows.append(Row("difflab serve", batching, str(count), rate, latencies, calls, adjacent))
+                rows.append(Row("difflab serve", batching, str(count), rate, latencies, calls, (before + after) / 2))
         finally:
             server.terminate()
             server.wait(60)

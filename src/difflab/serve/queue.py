@@ -9,6 +9,9 @@ Why SQLite in WAL mode: readers (status requests, progress streams) never block 
 commit is durable against a killed process with ``synchronous=NORMAL`` (only a power loss can roll back the
 last commits, which is acceptable for a queue). ``BEGIN IMMEDIATE`` takes the write lock up front, so the
 "count, then insert" of ``submit`` and the "pick, then mark running" of ``claim_next`` are atomic.
+
+Beside the jobs: ``idempotency_keys`` (serve.idempotency), checked and written in ``submit``'s transaction; and
+finish listeners, told after the commit that ends a job (serve.waiters wakes the requests waiting for it).
 """
 
 from __future__ import annotations
