@@ -4,9 +4,13 @@ batching (``--batch``), against the engine called directly in one process (the b
 Each client sends synchronous ``POST /v1/generate`` requests (one image each, distinct seeds and prompts) until the
 row's jobs are used up; a 429 is retried after its Retry-After. The server is a real ``difflab serve`` process on a
 free loopback port with a fresh data folder, started once without and once with ``--batch``. The baseline runs the
-same requests through ``engine.pipeline.run`` and ``save_result`` in this process, before any server starts, so they
-never share the CPU. "calls" counts the pipeline calls the server made (jobs that started together ran as one).
+same requests through ``engine.pipeline.run`` and ``save_result`` in this process while the server idles, so they
+never share the CPU: once before any server starts, and again right before and right after each server row (their
+mean is the row's "adjacent baseline", what the row is compared with), so that a machine whose load drifts during
+the run (a shared one) skews the ratios less. "calls" counts the pipeline calls the server made (jobs that started together ran as one).
 With one client there is never a second job queued, so batching has nothing to merge; with 8 up to 8 wait.
+The last lines compare the two rows the server is judged by with their targets (issue 19): one client without
+batching at >= 0.9x the engine, 8 clients with ``--batch`` at >= 1.5x.
 
     .venv/bin/python bench/serve.py                                    # the bundled tiny-shapes model, 32 jobs
     .venv/bin/python bench/serve.py --tiny --jobs 16                   # a tiny random-weight pipeline (any machine)
@@ -40,6 +44,7 @@ class Row:
     rate: float  # images/s
     latencies: list[float]
     calls: int  # pipeline calls
+    baseline: float = 0.0  # images/s of the engine in-process, measured right before and after this row (mean)
 
 
 def free_port() -> int:
@@ -55,23 +60,22 @@ def request_body(args: argparse.Namespace, model: str, seed: int) -> dict:
     return body
 
 
-def baseline(args: argparse.Namespace, model: str) -> Row:
+def baseline(args: argparse.Namespace, model: str, cache) -> Row:
     """Images/s and per-image seconds for the engine called directly (warm: the pipeline loads first)."""
     from difflab.engine.outputs import save_result
-    from difflab.engine.pipeline import PipelineCache, run
+    from difflab.engine.pipeline import run
     from difflab.engine.request import GenerationRequest
 
-    cache = PipelineCache()
     out = Path(tempfile.mkdtemp(prefix="bench-serve-baseline-"))
-    run(GenerationRequest(**request_body(args, model, 0)), cache)  # load and warm up
+    run(GenerationRequest(**request_body(args, model, 0)), cache)  # load (once per cache) and warm up
     latencies = []
     started = time.perf_counter()
     for seed in range(args.jobs):
         t0 = time.perf_counter()
         save_result(run(GenerationRequest(**request_body(args, model, seed)), cache), out)
         latencies.append(time.perf_counter() - t0)
-    return Row("engine in-process (baseline)", "-", "-", args.jobs / (time.perf_counter() - started), latencies,
-               args.jobs)
+    rate = args.jobs / (time.perf_counter() - started)
+    return Row("engine in-process (baseline)", "-", "-", rate, latencies, args.jobs, rate)
 
 
 def start_server(data_dir: Path, models_dir: Path | None, port: int, batch_max_images: int) -> subprocess.Popen:
@@ -136,15 +140,29 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def table(rows: list[Row]) -> str:
-    base = rows[0].rate
-    lines = ["| setup | batching | clients | images/s | vs baseline | pipeline calls | images per call "
-             "| p50 latency s | p95 latency s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| setup | batching | clients | images/s | adjacent baseline images/s | vs baseline | pipeline calls "
+             "| images per call | p50 latency s | p95 latency s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         jobs = len(row.latencies)
-        lines.append(f"| {row.name} | {row.batching} | {row.clients} | {row.rate:.2f} | {row.rate / base:.2f} "
-                     f"| {row.calls} | {jobs / row.calls:.2f} | {statistics.median(row.latencies):.3f} "
-                     f"| {percentile(row.latencies, 0.95):.3f} |")
+        lines.append(f"| {row.name} | {row.batching} | {row.clients} | {row.rate:.2f} | {row.baseline:.2f} "
+                     f"| {row.rate / row.baseline:.2f} | {row.calls} | {jobs / row.calls:.2f} "
+                     f"| {statistics.median(row.latencies):.3f} | {percentile(row.latencies, 0.95):.3f} |")
+    return "\n".join(lines)
+
+
+TARGETS = (("one client, no batching", "off", "1", 0.9), ("8 clients, --batch", "on", "8", 1.5))
+
+
+def verdicts(rows: list[Row]) -> str:
+    """The rows the server is judged by, against their targets (when this run measured them)."""
+    lines = []
+    for label, batching, clients, target in TARGETS:
+        row = next((r for r in rows[1:] if r.batching.startswith(batching) and r.clients == clients), None)
+        if row is not None:
+            ratio = row.rate / row.baseline
+            lines.append(f"- {label}: {ratio:.2f}x the engine in-process (target >= {target}: "
+                         f"{'met' if ratio >= target else 'missed'})")
     return "\n".join(lines)
 
 
@@ -174,7 +192,10 @@ def main() -> None:
     engine_model = str(Path(args.model).resolve()) if models_dir else args.model
     counts = [int(count) for count in args.clients.split(",")]
 
-    rows = [baseline(args, engine_model)]
+    from difflab.engine.pipeline import PipelineCache
+
+    cache = PipelineCache()
+    rows = [baseline(args, engine_model, cache)]
     for batch_max_images in (1, args.batch_max_images):
         data_dir = Path(tempfile.mkdtemp(prefix="bench-serve-data-"))
         port = free_port()
@@ -183,9 +204,11 @@ def main() -> None:
             url = f"http://127.0.0.1:{port}"
             through_server(args, url, server_model, 1, 100_000, 2)  # warm-up: the server loads the pipeline
             for count in counts:
+                before = baseline(args, engine_model, cache).rate  # the server idles meanwhile
                 rate, latencies, calls = through_server(args, url, server_model, count, count * 1000, args.jobs)
+                after = baseline(args, engine_model, cache).rate
                 batching = f"on (max {batch_max_images})" if batch_max_images > 1 else "off"
-                rows.append(Row("difflab serve", batching, str(count), rate, latencies, calls))
+                rows.append(Row("difflab serve", batching, str(count), rate, latencies, calls, (before + after) / 2))
         finally:
             server.terminate()
             server.wait(60)
@@ -197,7 +220,7 @@ def main() -> None:
     header = (f"{args.jobs} jobs of 1 image per row, {args.steps} steps, {size}, {model}; torch {torch.__version__} on "
               f"{'CUDA' if torch.cuda.is_available() else 'CPU'} ({platform.machine()}, {os.cpu_count()} CPUs, "
               f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})")
-    text = f"{header}\n\n{table(rows)}\n"
+    text = f"{header}\n\n{table(rows)}\n\n{verdicts(rows)}\n"
     print("\n" + text)
     if str(args.out) != "-":
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -422,6 +422,10 @@ def serve_command(
                                "prompt, negative prompt, seed, n) as one pipeline call; images equal alone within "
                                "1/255 on CPU."),
     batch_max_images: int = typer.Option(8, help="Images per merged call with --batch."),
+    keep_days: float = typer.Option(30.0, help="Retention: finished jobs older than this many days are removed "
+                                    "with their images, and uploads no job uses once as old (0 = keep all)."),
+    keep_gb: float = typer.Option(10.0, help="Retention: past this many GB of images the oldest finished jobs "
+                                  "are removed (0 = no cap). Queued and running jobs are never touched."),
 ) -> None:
     """Serve the engine over HTTP: /v1 job API, A1111-compatible /sdapi/v1, OpenAPI at /docs, web UI at /ui."""
     from difflab.serve.config import ServeConfig
@@ -429,7 +433,7 @@ def serve_command(
     config = ServeConfig(data_dir=data_dir, host=host, port=port, max_queue=max_queue, api_token=api_token,
                          models_dir=models_dir, loras_dir=loras_dir, default_model=default_model,
                          max_body_bytes=int(max_body_mb * 1024 * 1024), ui=ui, preview_every=preview_every,
-                         batch=batch, batch_max_images=batch_max_images)
+                         batch=batch, batch_max_images=batch_max_images, keep_days=keep_days, keep_gb=keep_gb)
     try:
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401

@@ -103,3 +103,11 @@ def test_ui_in_headless_chromium_shows_an_image(ui_server, tmp_path: Path) -> No
         assert "done" in driver.find_element(By.CSS_SELECTOR, "#status textarea").get_attribute("value")
     finally:
         driver.quit()
+
+
+def test_the_root_leads_to_the_ui_and_the_start_banner_names_it(ui_server) -> None:
+    import httpx
+
+    response = httpx.get(f"{ui_server.url}/", follow_redirects=False, timeout=30)
+    assert response.status_code in (302, 307) and response.headers["location"] == "/ui/"
+    assert f"web UI     {ui_server.url}/ui/" in ui_server.log.read_text()

@@ -26,7 +26,6 @@ uninterrupted run, and re-running the same layout is what makes resumed files by
 from __future__ import annotations
 
 import csv
-import fcntl
 import hashlib
 import json
 import os
@@ -239,24 +238,25 @@ def check_folder(plan: BatchPlan, folder: Path) -> None:
 
 class FolderLock:
     """An exclusive lock on the output folder for one run: two runs writing one manifest would duplicate work.
-    flock is released by the kernel when the process dies, so a kill -9 leaves no stale lock."""
+    The OS releases it when the process dies (io.locks), so a kill -9 leaves no stale lock."""
 
     def __init__(self, folder: Path):
+        from difflab.io.locks import ExclusiveFileLock
+
         self.path = folder / LOCK_FILE
-        self._fd: Optional[int] = None
+        self._lock = ExclusiveFileLock(self.path)
 
     def __enter__(self) -> "FolderLock":
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        from difflab.io.locks import LockHeld
+
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._fd)
+            self._lock.acquire()
+        except LockHeld:
             raise BatchError(f"another difflab batch is writing {str(self.path.parent)!r}") from None
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing releases the lock
+        self._lock.release()
 
 
 def finished_images(plan: BatchPlan, folder: Path) -> dict[tuple[int, int], dict]:

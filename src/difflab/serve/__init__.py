@@ -7,6 +7,9 @@ The pieces, one concept per module:
 - ``worker``   Worker: the one thread that owns the pipelines and runs jobs in order (with ``batch``, runs of
   compatible queued jobs as one pipeline call: engine.merged)
 - ``previews`` PreviewBoard: each running job's latest step preview, for the progress stream
+- ``waiters``  JobWaiters: wakes a synchronous request the moment its job ends (no polling)
+- ``idempotency`` the ``Idempotency-Key`` header: a retry returns the first request's job
+- ``retention`` what is removed, and when, so that the data folder does not grow without end
 - ``catalog``  which models a client may name, and the rule that request paths stay inside their folders
 - ``security`` bearer token and request-size limits (ASGI middleware)
 - ``errors``   every error as JSON naming the field

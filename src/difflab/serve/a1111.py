@@ -18,7 +18,7 @@ import random
 import re
 from typing import Any, Optional
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -26,6 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from difflab.serve.app import ServerState, server_of
 from difflab.serve.catalog import FieldError
 from difflab.serve.errors import error_response, field_errors
+from difflab.serve.idempotency import DESCRIPTION as IDEMPOTENCY_KEY_DESCRIPTION
+from difflab.serve.idempotency import HEADER as IDEMPOTENCY_HEADER
+from difflab.serve.idempotency import IdempotencyKey, idempotency_key
 from difflab.serve.routes import failed_job_response, submit, wait_until_finished
 
 router = APIRouter(prefix="/sdapi/v1", tags=["a1111"])
@@ -103,23 +106,26 @@ def a1111_error(error: Exception, rename: bool = True) -> JSONResponse:
 
 
 @router.post("/txt2img")
-async def txt2img(request: Request, body: Txt2ImgRequest):
+async def txt2img(request: Request, body: Txt2ImgRequest,
+                  key: Optional[str] = Header(None, alias=IDEMPOTENCY_HEADER, description=IDEMPOTENCY_KEY_DESCRIPTION)):
     """A1111's txt2img: ``{"images": [base64 PNG], "parameters": {...}, "info": "<JSON string>"}``."""
     server = server_of(request)
     try:
+        idempotency = idempotency_key(key, "/sdapi/v1/txt2img", body.model_dump(mode="json"))
         generation_body = to_generation_body(server, body)
     except FieldError as error:  # already in A1111's terms
         return a1111_error(error, rename=False)
-    job, failure = await run_job(server, generation_body)
+    job, failure = await run_job(server, generation_body, idempotency)
     if failure is not None:
         return failure
     return await run_in_threadpool(a1111_response, server, job, body, body.model_dump())
 
 
-async def run_job(server: ServerState, generation_body: dict[str, Any]) -> tuple[Any, Optional[JSONResponse]]:
+async def run_job(server: ServerState, generation_body: dict[str, Any],
+                  idempotency: Optional[IdempotencyKey] = None) -> tuple[Any, Optional[JSONResponse]]:
     """Queue an A1111 request's job and wait for it: ``(job, None)`` when done, else ``(None, the error response)``."""
     try:
-        job = await submit(server, generation_body, "a1111")
+        job = await submit(server, generation_body, "a1111", idempotency)
     except (FieldError, ValidationError) as error:  # in GenerationRequest's terms
         return None, a1111_error(error)
     job = await wait_until_finished(server, job)

@@ -13,15 +13,20 @@ left out, difflab's behaviour applies. ``inpainting_mask_invert=1`` is supported
 
 from __future__ import annotations
 
+import time
 from typing import Any, Optional
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import Field
 
 from difflab.serve.a1111 import Txt2ImgRequest, a1111_error, a1111_response, run_job, to_generation_body
 from difflab.serve.app import ServerState, server_of
 from difflab.serve.catalog import FieldError
+from difflab.serve.idempotency import DESCRIPTION as IDEMPOTENCY_KEY_DESCRIPTION
+from difflab.serve.idempotency import HEADER as IDEMPOTENCY_HEADER
+from difflab.serve.idempotency import idempotency_key
+from difflab.serve.retention import discard_refused_uploads
 
 router = APIRouter(prefix="/sdapi/v1", tags=["a1111"])
 DEFAULT_DENOISING_STRENGTH = 0.75  # A1111's, and GenerationRequest's DEFAULT_STRENGTH
@@ -62,18 +67,21 @@ def check_supported(body: Img2ImgRequest) -> None:
         raise FieldError("init_images", f"difflab takes one init image; got {len(body.init_images)}")
 
 
-def store_images(server: ServerState, body: Img2ImgRequest) -> dict[str, Any]:
-    """Decode and store the init image (and mask); the GenerationRequest fields that name them."""
+def store_images(server: ServerState, body: Img2ImgRequest, stored: list[str]) -> dict[str, Any]:
+    """Decode and store the init image (and mask); the GenerationRequest fields that name them. Each stored file's
+    name is appended to ``stored`` as soon as it is written (a refused request removes them)."""
     from difflab.serve.inputs import decode_base64, png_of, store_image, store_png
 
     inputs = server.catalog.inputs_dir
     init = store_image(inputs, "init_images.0", decode_base64("init_images.0", body.init_images[0]))
+    stored.append(init.name)
     fields = {"init_image": init.name, "strength": body.denoising_strength}
     if body.mask is not None:
         png, width, height = png_of("mask", decode_base64("mask", body.mask), mode="L")
         if body.inpainting_mask_invert:
             png = _inverted(png)
         fields["mask"] = store_png(inputs, png, width, height).name
+        stored.append(fields["mask"])
     return fields
 
 
@@ -88,17 +96,25 @@ def _inverted(png: bytes) -> bytes:
 
 
 @router.post("/img2img")
-async def img2img(request: Request, body: Img2ImgRequest):
+async def img2img(request: Request, body: Img2ImgRequest,
+                  key: Optional[str] = Header(None, alias=IDEMPOTENCY_HEADER, description=IDEMPOTENCY_KEY_DESCRIPTION)):
     """A1111's img2img (and inpainting with ``mask``): ``{"images", "parameters", "info"}`` like txt2img."""
     server = server_of(request)
+    started, stored = time.time(), []
     try:
+        idempotency = idempotency_key(key, "/sdapi/v1/img2img", body.model_dump(mode="json"))
         check_supported(body)
         generation_body = to_generation_body(server, body)
-        generation_body.update(await run_in_threadpool(store_images, server, body))
-    except FieldError as error:  # already in A1111's terms
-        return a1111_error(error, rename=False)
-    job, failure = await run_job(server, generation_body)
+        generation_body.update(await run_in_threadpool(store_images, server, body, stored))
+    except Exception as error:
+        if stored:  # a refused request leaves no file behind (serve.retention)
+            await run_in_threadpool(discard_refused_uploads, server.store, server.catalog.inputs_dir, stored, started)
+        if isinstance(error, FieldError):  # already in A1111's terms
+            return a1111_error(error, rename=False)
+        raise
+    job, failure = await run_job(server, generation_body, idempotency)
     if failure is not None:
+        await run_in_threadpool(discard_refused_uploads, server.store, server.catalog.inputs_dir, stored, started)
         return failure
     parameters = body.model_dump()
     if not body.include_init_images:  # A1111 drops the (large) images from the echo

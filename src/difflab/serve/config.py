@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from difflab.serve.retention import DEFAULT_EVERY_S, DEFAULT_KEEP_DAYS, DEFAULT_KEEP_GB, RetentionPolicy
+
 LOOPBACK_NAMES = ("localhost",)
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024  # a GenerationRequest is < 100 kB; 8 MB leaves room for base64 init images
 
@@ -45,6 +47,11 @@ class ServeConfig:
     # from its metadata is no longer bit-identical; it pays where a bigger batch is nearly free (a GPU)
     batch: bool = False
     batch_max_images: int = 8
+    # retention (serve.retention): finished jobs older than keep_days go with their images, then the oldest while
+    # the images take more than keep_gb; inputs no job uses go once older than keep_days. 0 turns a rule off
+    keep_days: float = DEFAULT_KEEP_DAYS
+    keep_gb: float = DEFAULT_KEEP_GB
+    retention_every_s: float = DEFAULT_EVERY_S  # how often the worker sweeps (and once at start)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -61,6 +68,7 @@ class ServeConfig:
             raise ValueError(f"preview_max_side: must be between 8 and 4096; got {self.preview_max_side}")
         if not 1 <= self.batch_max_images <= 64:
             raise ValueError(f"batch_max_images: must be between 1 and 64; got {self.batch_max_images}")
+        self.retention  # validates keep_days / keep_gb (ValueError naming the field)
         if self.max_body_bytes < 1024:
             raise ValueError(f"max_body_bytes: must be at least 1024; got {self.max_body_bytes}")
         if self.api_token is not None and len(self.api_token) < 16:
@@ -70,6 +78,15 @@ class ServeConfig:
             # anyone who can reach the port could otherwise fill the queue and read every image
             raise ValueError(f"host: binding to {self.host!r} (beyond loopback) requires --api-token "
                              "(or DIFFLAB_API_TOKEN)")
+
+    @property
+    def retention(self) -> RetentionPolicy:
+        return RetentionPolicy(keep_days=self.keep_days, keep_bytes=int(self.keep_gb * 1024**3),
+                               every_s=self.retention_every_s)
+
+    @property
+    def inputs_dir(self) -> Path:
+        return self.data_dir / "inputs"
 
     @property
     def database(self) -> Path:

@@ -9,6 +9,9 @@ Why SQLite in WAL mode: readers (status requests, progress streams) never block 
 commit is durable against a killed process with ``synchronous=NORMAL`` (only a power loss can roll back the
 last commits, which is acceptable for a queue). ``BEGIN IMMEDIATE`` takes the write lock up front, so the
 "count, then insert" of ``submit`` and the "pick, then mark running" of ``claim_next`` are atomic.
+
+Beside the jobs: ``idempotency_keys`` (serve.idempotency), checked and written in ``submit``'s transaction; and
+finish listeners, told after the commit that ends a job (serve.waiters wakes the requests waiting for it).
 """
 
 from __future__ import annotations
@@ -45,7 +48,18 @@ CREATE TABLE IF NOT EXISTS jobs (
     images TEXT NOT NULL DEFAULT '[]'           -- JSON list of {"file", "seed", "index"}
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    key TEXT PRIMARY KEY,                       -- the client's Idempotency-Key header
+    fingerprint TEXT NOT NULL,                  -- route and body it came with (serve.idempotency.fingerprint)
+    job_id TEXT NOT NULL,                       -- the job the first request made; a retry answers with it
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS idempotency_by_job ON idempotency_keys (job_id);
 """
+
+
+class KeyReused(Exception):
+    """An idempotency key that came before with another request (serve.idempotency turns it into a 422)."""
 
 
 class QueueFull(Exception):
@@ -99,6 +113,9 @@ class JobStore:
         self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
+        # called with a job's id when it reaches a finished state, after the commit, in whichever thread made
+        # the change: what wakes a synchronous request the moment its job ends (serve.waiters)
+        self._finish_listeners: list[Callable[[str], None]] = []
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -120,18 +137,55 @@ class JobStore:
             self._db.execute("COMMIT")
             self._changed.notify_all()
 
+    def add_finish_listener(self, listener: Callable[[str], None]) -> None:
+        """``listener(job_id)`` after every commit that moves a job to done, failed or cancelled."""
+        self._finish_listeners.append(listener)
+
+    def _finished(self, job_ids: list[str]) -> None:
+        for job_id in job_ids:
+            for listener in self._finish_listeners:
+                listener(job_id)
+
     # ---- submitting and reading -------------------------------------------------------------------------------
 
-    def submit(self, request: dict[str, Any], *, max_queue: int, source: str = "v1") -> Job:
-        """Append a queued job, or raise QueueFull when ``max_queue`` jobs are already waiting."""
+    def submit(self, request: dict[str, Any], *, max_queue: int, source: str = "v1",
+               idempotency: Optional[tuple[str, str]] = None) -> Job:
+        """Append a queued job, or raise QueueFull when ``max_queue`` jobs are already waiting.
+
+        ``idempotency``: (key, fingerprint). A key seen before with the same fingerprint returns that first job
+        instead of adding one (checked in the same transaction as the insert, so two concurrent retries make one
+        job); with another fingerprint it raises KeyReused."""
         job_id = uuid.uuid4().hex
         with self._transaction() as db:
+            if idempotency is not None:
+                existing = self._job_for_key(db, *idempotency)
+                if existing is not None:
+                    return existing
             waiting = db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'queued'").fetchone()[0]
             if waiting >= max_queue:
                 raise QueueFull(self._retry_after(db, waiting), max_queue)
+            now = time.time()
             db.execute("INSERT INTO jobs (id, state, request, source, created) VALUES (?, 'queued', ?, ?, ?)",
-                       (job_id, json.dumps(request, sort_keys=True), source, time.time()))
+                       (job_id, json.dumps(request, sort_keys=True), source, now))
+            if idempotency is not None:
+                db.execute("INSERT INTO idempotency_keys (key, fingerprint, job_id, created) VALUES (?, ?, ?, ?)",
+                           (*idempotency, job_id, now))
         return self.get(job_id)
+
+    def job_for_key(self, key: str, fingerprint: str) -> Optional[Job]:
+        """The job an earlier request with this idempotency key made (None: the key is new); KeyReused when that
+        request had another fingerprint."""
+        with self._lock:
+            return self._job_for_key(self._db, key, fingerprint)
+
+    def _job_for_key(self, db: sqlite3.Connection, key: str, fingerprint: str) -> Optional[Job]:
+        row = db.execute("SELECT j.*, k.fingerprint AS key_fingerprint FROM idempotency_keys k JOIN jobs j "
+                         "ON j.id = k.job_id WHERE k.key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        if row["key_fingerprint"] != fingerprint:
+            raise KeyReused(key)
+        return Job.from_row(row)
 
     def get(self, job_id: str) -> Optional[Job]:
         with self._lock:
@@ -155,6 +209,11 @@ class JobStore:
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'queued' AND seq < ?",
                                     (job.seq,)).fetchone()[0]
+
+    def queued(self) -> int:
+        """How many jobs wait (an index range: cheap however long the history)."""
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'queued'").fetchone()[0]
 
     def counts(self) -> dict[str, int]:
         with self._lock:
@@ -252,15 +311,53 @@ class JobStore:
 
     def _end(self, job_id: str, state: str, *, images: Optional[list] = None, error: Optional[str] = None) -> None:
         with self._transaction() as db:
-            db.execute("UPDATE jobs SET state = ?, finished = ?, images = ?, error = ? WHERE id = ? "
-                       "AND state = 'running'", (state, time.time(), json.dumps(images or []), error, job_id))
+            ended = db.execute("UPDATE jobs SET state = ?, finished = ?, images = ?, error = ? WHERE id = ? "
+                               "AND state = 'running'",
+                               (state, time.time(), json.dumps(images or []), error, job_id)).rowcount
+        if ended:
+            self._finished([job_id])
+
+    # ---- retention (serve.retention) ---------------------------------------------------------------------------
+
+    def finished_jobs(self) -> list[Job]:
+        """Every finished job, the longest finished first."""
+        with self._lock:
+            rows = self._db.execute(f"SELECT * FROM jobs WHERE state IN {FINISHED_STATES} "
+                                    "ORDER BY finished, seq").fetchall()
+        return [Job.from_row(row) for row in rows]
+
+    def delete_finished(self, job_ids: list[str]) -> int:
+        """Remove these jobs' rows and idempotency keys; a job that is not finished (any more) is left alone.
+        Returns how many rows went."""
+        removed = 0
+        with self._transaction() as db:
+            for start in range(0, len(job_ids), 500):  # SQLite's bound on host parameters
+                chunk = job_ids[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                db.execute(f"DELETE FROM idempotency_keys WHERE job_id IN ({marks}) AND job_id IN "
+                           f"(SELECT id FROM jobs WHERE state IN {FINISHED_STATES})", chunk)
+                removed += db.execute(f"DELETE FROM jobs WHERE id IN ({marks}) AND state IN {FINISHED_STATES}",
+                                      chunk).rowcount
+        return removed
+
+    def job_ids(self) -> set[str]:
+        with self._lock:
+            return {row[0] for row in self._db.execute("SELECT id FROM jobs")}
+
+    def requests(self) -> Iterator[dict[str, Any]]:
+        """The request of every job, in any state (what input files are still in use)."""
+        with self._lock:
+            texts = [row[0] for row in self._db.execute("SELECT request FROM jobs")]
+        return (json.loads(text) for text in texts)
 
     # ---- the client's side ------------------------------------------------------------------------------------
 
     def cancel(self, job_id: str) -> Optional[Job]:
         """A queued job is cancelled at once; a running one is asked to stop at its next step. None if unknown."""
         with self._transaction() as db:
-            db.execute("UPDATE jobs SET state = 'cancelled', finished = ? WHERE id = ? AND state = 'queued'",
-                       (time.time(), job_id))
+            cancelled = db.execute("UPDATE jobs SET state = 'cancelled', finished = ? WHERE id = ? "
+                                   "AND state = 'queued'", (time.time(), job_id)).rowcount
             db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND state = 'running'", (job_id,))
+        if cancelled:
+            self._finished([job_id])
         return self.get(job_id)

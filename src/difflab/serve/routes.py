@@ -8,7 +8,7 @@ import re
 import time
 from typing import Any, AsyncIterator, Optional
 
-from fastapi import APIRouter, Body, Query, Request
+from fastapi import APIRouter, Body, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
@@ -17,7 +17,10 @@ from difflab.engine.request import GenerationRequest
 from difflab.serve.app import ServerState, server_of
 from difflab.serve.catalog import FieldError
 from difflab.serve.errors import error_response, field_errors
-from difflab.serve.queue import Job
+from difflab.serve.idempotency import DESCRIPTION as IDEMPOTENCY_KEY_DESCRIPTION
+from difflab.serve.idempotency import HEADER as IDEMPOTENCY_HEADER
+from difflab.serve.idempotency import IdempotencyKey, idempotency_key, key_reused
+from difflab.serve.queue import Job, KeyReused
 
 router = APIRouter()
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -44,18 +47,34 @@ def validated_request(server: ServerState, body: Any) -> GenerationRequest:
     return request
 
 
-async def submit(server: ServerState, body: Any, source: str) -> Job:
-    request = await run_in_threadpool(validated_request, server, body)  # may touch files: off the event loop
-    return server.store.submit(request.model_dump(mode="json"), max_queue=server.config.max_queue, source=source)
+async def submit(server: ServerState, body: Any, source: str, idempotency: Optional[IdempotencyKey] = None) -> Job:
+    """Validate and queue ``body``; with an idempotency key seen before, the job the first request made."""
+    try:
+        if idempotency is not None and (earlier := server.store.job_for_key(*idempotency.as_tuple())) is not None:
+            return earlier
+        request = await run_in_threadpool(validated_request, server, body)  # may touch files: off the event loop
+        return server.store.submit(request.model_dump(mode="json"), max_queue=server.config.max_queue,
+                                   source=source, idempotency=idempotency and idempotency.as_tuple())
+    except KeyReused:
+        raise key_reused(idempotency) from None
 
 
 async def wait_until_finished(server: ServerState, job: Job) -> Job:
-    """Poll the store until the job ends or the sync timeout passes (then the job is returned unfinished)."""
+    """Wait until the job ends (woken by the store: serve.waiters) or the sync timeout passes (then the job is
+    returned unfinished)."""
+    from difflab.serve.waiters import FALLBACK_POLL_S
+
     deadline = time.monotonic() + server.config.sync_timeout_s
-    while not job.is_finished and time.monotonic() < deadline:
-        await asyncio.sleep(_POLL_S)
-        job = server.store.get(job.id) or job
-    return job
+    with server.waiters.watch(job.id) as ended:  # registered before the read below: no end can slip between
+        while True:
+            job = server.store.get(job.id) or job
+            remaining = deadline - time.monotonic()
+            if job.is_finished or remaining <= 0:
+                return job
+            try:
+                await asyncio.wait_for(ended.wait(), min(remaining, FALLBACK_POLL_S))
+            except asyncio.TimeoutError:
+                pass
 
 
 def job_json(server: ServerState, job: Job) -> dict[str, Any]:
@@ -107,10 +126,12 @@ def get_job_or_404(server: ServerState, job_id: str) -> Job:
                429: {"description": "the queue is full; see Retry-After"}},
 )
 async def generate(request: Request, body: dict[str, Any] = Body(...),
-                   async_: bool = Query(False, alias="async", description="return the job at once (202)")):
+                   async_: bool = Query(False, alias="async", description="return the job at once (202)"),
+                   key: Optional[str] = Header(None, alias=IDEMPOTENCY_HEADER,
+                                               description=IDEMPOTENCY_KEY_DESCRIPTION)):
     """Queue a GenerationRequest. By default waits and returns the finished job with its image URLs."""
     server = server_of(request)
-    job = await submit(server, body, "v1")
+    job = await submit(server, body, "v1", idempotency_key(key, "/v1/generate", body))
     if async_:
         return JSONResponse(job_json(server, job), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
     job = await wait_until_finished(server, job)

@@ -16,14 +16,20 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import traceback
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from difflab.serve.previews import PreviewBoard
 from difflab.serve.queue import Job, JobStore
 
 log = logging.getLogger("difflab.serve")
+
+
+# with batching, how long the worker may wait for the clients it just answered (see Worker._gather)
+GATHER_FRACTION = 0.25  # of the batch that just ran: at most a quarter more latency for anyone
+GATHER_MAX_S = 0.05  # and never more than this: a returning client takes a few milliseconds
 
 
 class JobCancelled(Exception):
@@ -36,7 +42,8 @@ class WorkerStopping(Exception):
 
 class Worker:
     def __init__(self, store: JobStore, images_dir: Path, cache=None, idle_wait_s: float = 1.0, *,
-                 preview_every: int = 0, preview_max_side: int = 256, batch_max_images: int = 1):
+                 preview_every: int = 0, preview_max_side: int = 256, batch_max_images: int = 1,
+                 housekeeping: Optional[Callable[[], Any]] = None, housekeeping_every_s: float = 600.0):
         from difflab.engine.pipeline import PipelineCache
 
         self.store = store
@@ -48,6 +55,11 @@ class Worker:
         self.previews = PreviewBoard()  # the running job's latest preview, for the event stream
         self.batch_max_images = batch_max_images  # > 1: compatible queued jobs run as one call of up to this many
         self.current: Optional[Job] = None  # the job running now (for /sdapi/v1/progress)
+        # housekeeping (serve.retention.sweep) runs here, between jobs: at start, then every housekeeping_every_s.
+        # In this thread it can never delete what a job is writing, and it needs no lock of its own
+        self.housekeeping = housekeeping
+        self.housekeeping_every_s = housekeeping_every_s
+        self._next_housekeeping = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="difflab-worker", daemon=True)
 
@@ -67,11 +79,13 @@ class Worker:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            self._housekeep_if_due()
             jobs = self._claim()
             if not jobs:
                 self.store.wait_for_change(self.idle_wait_s)
                 continue
             self.current = jobs[0]
+            started = time.monotonic()
             try:
                 if len(jobs) == 1:
                     self.run_job(jobs[0])
@@ -85,6 +99,31 @@ class Worker:
                 self.current = None
                 for job in jobs:
                     self.previews.drop(job.id)
+            if self.batch_max_images > 1:
+                self._gather(len(jobs), time.monotonic() - started)
+
+    def _housekeep_if_due(self) -> None:
+        if self.housekeeping is None or time.monotonic() < self._next_housekeeping:
+            return
+        self._next_housekeeping = time.monotonic() + self.housekeeping_every_s
+        try:
+            self.housekeeping()
+        except Exception:  # a failed sweep must not stop the queue; it is tried again next time
+            log.error("housekeeping failed\n%s", traceback.format_exc())
+
+    def _gather(self, answered: int, seconds: float) -> None:
+        """With batching, before the next claim: wait briefly for the clients just answered to send their next
+        request, so that it joins the next batch. Synchronous clients come back within milliseconds, but without
+        this wait the worker claims at once whatever is queued then, and 8 clients settle into batches of 1, 7,
+        1, 7 (or 4, 4) instead of 8. Waits until ``answered`` more jobs are queued (never beyond a full batch),
+        at most GATHER_FRACTION of the batch that just ran and GATHER_MAX_S; one client waits for nothing (its
+        next job is the one it waits for), and a client that does not come back costs that bound once."""
+        deadline = time.monotonic() + min(GATHER_MAX_S, GATHER_FRACTION * seconds)
+        target = min(self.batch_max_images, self.store.queued() + answered)
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            if self.store.queued() >= target:
+                return
+            self.store.wait_for_change(deadline - time.monotonic())
 
     def _claim(self) -> list[Job]:
         """The next job, or with batching the next run of compatible queued jobs (engine.merged.merge_key)."""

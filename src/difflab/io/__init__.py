@@ -1,0 +1,1 @@
+"""Small file-system helpers below ``core`` and ``engine`` that know nothing about diffusion."""
