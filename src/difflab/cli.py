@@ -338,6 +338,8 @@ def generate(
                                                 "factor (1-4], then redraw with img2img."),
     hires_strength: Optional[float] = typer.Option(None, help="Hires fix: img2img strength [0.5]."),
     hires_steps: Optional[int] = typer.Option(None, help="Hires fix: steps of the second pass [--steps]."),
+    hires_upscaler: Optional[str] = typer.Option(None, help="Hires fix: Lanczos (default), Nearest, or an ESRGAN / "
+                                                 "Real-ESRGAN .safetensors file (path, or name in $DIFFLAB_UPSCALER_DIR)."),
     vae: Optional[str] = typer.Option(None, "--vae", help="Another VAE: an AutoencoderKL folder or .safetensors "
                                       "file, or a name in $DIFFLAB_VAE_DIR (default ./vae)."),
     clip_skip: Optional[int] = typer.Option(None, "--clip-skip", help="A1111's Clip skip: 1 = the text encoder's "
@@ -360,6 +362,7 @@ def generate(
                             width=width, height=height, loras=lora, init_image=str(init_image) if init_image else None, strength=strength,
                             mask=str(mask) if mask else None, refiner=refiner, refiner_switch=refiner_switch,
                             hires_scale=hires_scale, hires_strength=hires_strength, hires_steps=hires_steps,
+                            hires_upscaler=hires_upscaler,
                             long_prompt=long_prompt, clip_skip=clip_skip, vae=vae, memory=memory,
                             allow_unsafe_pickle=allow_unsafe_pickle,
                             controls=controls_from_options(control, control_model), control_start=control_start,
@@ -389,6 +392,8 @@ from difflab.merge_cli import merge_command  # noqa: E402  (typer only)
 app.command("merge")(merge_command)
 from difflab.xyz_cli import xyz_command  # noqa: E402  (typer only)
 app.command("xyz")(xyz_command)
+from difflab.upscale_cli import upscale_command  # noqa: E402  (typer only)
+app.command("upscale")(upscale_command)
 
 
 @app.command("pull")

@@ -57,7 +57,7 @@ def check_request_images(request: "GenerationRequest") -> None:
     if request.refiner_switch is not None and request.refiner is None:
         raise ValueError("refiner_switch: needs refiner (the model that takes over at the switch)")
     if request.hires_scale is None:
-        for name in ("hires_strength", "hires_steps"):
+        for name in ("hires_strength", "hires_steps", "hires_upscaler"):
             if getattr(request, name) is not None:
                 raise ValueError(f"{name}: needs hires_scale (hires fix is off without it)")
     if request.init_image is None:
@@ -177,7 +177,7 @@ def infotext_settings(settings: "Settings") -> dict[str, Any]:
     """A1111 infotext keys for the mode: "Denoising strength" (img2img, or the hires pass as A1111's txt2img writes
     it), "Hires upscale/steps/upscaler", plus difflab's "Init image hash", "Mask hash", "Refiner", "Refiner switch at".
     Short hashes are the first 10 hex digits of the file's SHA-256, like A1111's model hash."""
-    from difflab.engine.hires import UPSCALER
+    from difflab.engine.hires import upscaler_of
 
     request, values = settings.request, {}
     if (request.clip_skip or 1) > 1:
@@ -204,7 +204,7 @@ def infotext_settings(settings: "Settings") -> dict[str, Any]:
         scale = request.hires_scale
         values["Hires upscale"] = int(scale) if float(scale).is_integer() else scale  # A1111 writes "2", not "2.0"
         values["Hires steps"] = request.hires_steps or settings.steps
-        values["Hires upscaler"] = UPSCALER
+        values["Hires upscaler"] = upscaler_of(request).name
     return values
 
 
@@ -226,9 +226,11 @@ def record_settings(settings: "Settings") -> dict[str, Any]:
     if request.refiner is not None:
         values["refiner"], values["refiner_switch"] = request.refiner, refiner_switch_of(request)
     if request.hires_scale is not None:
+        from difflab.engine.hires import upscaler_of
+
         width, height = hires_size(settings.width, settings.height, request.hires_scale)
         values["hires"] = {"scale": request.hires_scale, "strength": hires_strength_of(request),
-                           "steps": request.hires_steps or settings.steps, "upscaler": "Lanczos",
+                           "steps": request.hires_steps or settings.steps, "upscaler": upscaler_of(request).name,
                            "width": width, "height": height}
     return values
 

@@ -176,6 +176,7 @@ def _plan_from_parameters(image: Path, parameters: str, model: Optional[str]) ->
     if not settings:
         raise ValueError(f"image {str(image)!r}: its parameters text has no settings line (Steps, Sampler, Seed, ...)")
     prompt, loras = parse_lora_tags(prompt)  # A1111 (and difflab) write LoRAs as <lora:name:weight> prompt tags
+    hires_warning = None
     fields: dict[str, Any] = {"prompt": prompt, "negative_prompt": negative,
                               "loras": [f"{name}:{weight:g}" for name, weight in loras]}
     for key, name, convert in (("Steps", "steps", int), ("CFG scale", "guidance", float), ("Seed", "seed", int)):
@@ -194,13 +195,22 @@ def _plan_from_parameters(image: Path, parameters: str, model: Optional[str]) ->
             fields["hires_strength"] = _convert(settings["Denoising strength"], float, "Denoising strength")
         if "Hires steps" in settings:
             fields["hires_steps"] = _convert(settings["Hires steps"], int, "Hires steps")
+        if settings.get("Hires upscaler", "Lanczos") != "Lanczos":
+            from difflab.engine.upscalers.registry import resolve_upscaler
+
+            try:
+                resolve_upscaler(settings["Hires upscaler"], allow_paths=False)
+                fields["hires_upscaler"] = settings["Hires upscaler"]
+            except ValueError:
+                hires_warning = (f"hires upscaler {settings['Hires upscaler']!r} is not available here "
+                                 "(put it in $DIFFLAB_UPSCALER_DIR); replaying with Lanczos")
     sampler = settings.get("Sampler")
     if sampler and sampler != "model default":
         # A1111 >= 1.9 writes the schedule separately: "Sampler: DPM++ 2M, Schedule type: Karras"
         if settings.get("Schedule type", "").lower() == "karras" and "karras" not in sampler.lower():
             sampler += " Karras"
         fields["scheduler"] = sampler
-    warnings = []
+    warnings = [hires_warning] if hires_warning else []
     if "Init image hash" in settings or ("Denoising strength" in settings and "Hires upscale" not in settings):
         warnings.append("made from an init image (img2img or inpainting) that the parameters text does not carry; "
                         "replaying as txt2img")

@@ -56,6 +56,8 @@ class GenerationRequest(BaseModel):
     hires_strength: Optional[float] = Field(None, gt=0, le=1, description="hires fix: img2img strength "
                                             f"[default {DEFAULT_HIRES_STRENGTH}]")
     hires_steps: Optional[int] = Field(None, ge=1, le=MAX_STEPS, description="hires fix: steps [default: steps]")
+    hires_upscaler: Optional[str] = Field(None, description="hires fix: Lanczos, Nearest, or an ESRGAN-family file "
+                                          "(a name in $DIFFLAB_UPSCALER_DIR, or a path) [default: Lanczos]")
     vae: Optional[str] = Field(None, description="another VAE: a diffusers AutoencoderKL folder or .safetensors "
                                "file, or a name in $DIFFLAB_VAE_DIR (A1111's sd_vae); must fit the model's latents")
     clip_skip: Optional[int] = Field(None, ge=1, le=MAX_CLIP_SKIP, description="A1111's 'Clip skip' "
@@ -115,6 +117,16 @@ class GenerationRequest(BaseModel):
     @classmethod
     def _known_scheduler(cls, value: Optional[str]) -> Optional[str]:
         return None if value is None else resolve_sampler(value).name  # canonical A1111 name
+
+    @field_validator("hires_upscaler")
+    @classmethod
+    def _known_upscaler(cls, value: Optional[str]) -> Optional[str]:
+        if value is None:
+            return None
+        from difflab.engine.upscalers.registry import resolve_upscaler
+
+        resolved = resolve_upscaler(value, field="hires_upscaler")  # a missing file is named now, not after pass 1
+        return resolved.name if not resolved.is_network else value
 
     @model_validator(mode="after")
     def _prompt_given(self) -> "GenerationRequest":

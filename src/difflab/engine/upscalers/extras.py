@@ -1,0 +1,88 @@
+"""Upscaling image files, as A1111's "Extras" tab: the input's own metadata kept (its ``parameters``), A1111's
+``postprocessing`` text added ("Postprocess upscale by: 2, Postprocess upscaler: NAME"), files never replaced."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+MAX_OUTPUT_SIDE = 16384  # pixels per side of an upscaled image: 16384^2 RGB is 0.8 GB decoded
+
+
+def check_inputs(images: Sequence[Path], scale: float, out: Path) -> None:
+    """Every input an image whose upscaled size fits, and ``out`` a folder that can be written: before any work."""
+    if not images:
+        raise ValueError("images: give at least one image")
+    for path in images:
+        width, height = image_size(path, "images")
+        if max(width, height) * scale > MAX_OUTPUT_SIDE:
+            raise ValueError(f"images: {str(path)!r} is {width}x{height}; x{scale:g} would be over "
+                             f"{MAX_OUTPUT_SIDE} pixels a side")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out: {str(out)!r} is a file, not a folder")
+    existing = next((p for p in [out, *out.parents] if p.exists()), None)
+    if existing is None or not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--out: {str(out)!r} cannot be created here (no write permission)")
+
+
+def image_size(path: Path, field: str) -> tuple[int, int]:
+    """(width, height) from the file's header only: a decompression bomb is refused, never decoded."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    if not Path(path).is_file():
+        raise ValueError(f"{field}: {str(path)!r} does not exist")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return image.size
+    except Image.DecompressionBombError:
+        raise ValueError(f"{field}: {str(path)!r} declares more pixels than PIL will decode "
+                         "(a decompression bomb)") from None
+    except (UnidentifiedImageError, OSError, ValueError):
+        raise ValueError(f"{field}: {str(path)!r} is not an image PNG, JPEG or WebP can read") from None
+
+
+def upscale_files(images: Sequence[Path], upscaler, scale: float, out: Path, *, tile: int = 0,
+                  allow_unsafe_pickle: bool = False, on_image: Optional[Callable[[int], None]] = None) -> list[Path]:
+    from PIL import Image, PngImagePlugin
+
+    from difflab.engine.upscalers.registry import upscale
+    from difflab.viz.grid import png_bytes
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for done, path in enumerate(images, 1):
+        with Image.open(path) as source:
+            text = dict(getattr(source, "text", {}) or {})
+            image = source.convert("RGB")
+        width, height = round(image.width * scale), round(image.height * scale)
+        result = upscale(image, upscaler, width, height, tile=tile, allow_unsafe_pickle=allow_unsafe_pickle)
+        info = PngImagePlugin.PngInfo()
+        for key, value in text.items():
+            if isinstance(value, str) and key != "postprocessing":
+                info.add_text(key, value)
+        info.add_text("postprocessing", f"Postprocess upscale by: {scale:g}, Postprocess upscaler: {upscaler.name}")
+        written.append(write_new(out, Path(path).stem + "-upscaled", png_bytes(result, pnginfo=info)))
+        if on_image is not None:
+            on_image(done)
+    return written
+
+
+def write_new(folder: Path, stem: str, data: bytes) -> Path:
+    """``folder/stem.png``, or ``stem-1.png``, ... : the first name not taken, claimed atomically (never replaced)."""
+    from difflab.core.checkpoint import atomic_write_bytes
+
+    for counter in range(10_000):
+        path = folder / (f"{stem}.png" if counter == 0 else f"{stem}-{counter}.png")
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)  # claim the name
+        except FileExistsError:
+            continue
+        os.close(fd)
+        atomic_write_bytes(path, data)  # the claimed empty file is replaced by the whole PNG at once
+        return path
+    raise ValueError(f"--out: {str(folder)!r} already holds 10000 files named {stem}-N.png")
