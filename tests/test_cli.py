@@ -181,3 +181,34 @@ def test_a_bad_out_fails_first_naming_it(arguments, kind, tiny_checkpoint: Path,
     assert result.exit_code == 2, result.output
     assert result.output.startswith(f"error: --out {str(target)!r} is a ") and result.output.count("\n") == 1
     assert target.is_dir() if kind == "file" else target.read_bytes() == b"not a folder"
+
+
+@pytest.mark.parametrize("arguments", [
+    ["batch", "{prompts}"],
+    ["train", "lora", "--data", "{data}", "--trigger", "hexagon"],
+    ["train", "controlnet"],
+    ["eval", "adherence"],
+    ["eval", "guidance-sweep"],
+    ["eval", "negative"],
+    ["viz", "control-scale", "{picture}", "-p", "a circle"],
+    ["control", "preprocess", "canny", "{picture}"],
+])
+@pytest.mark.parametrize("where", ["a file", "unwritable"])
+def test_engine_commands_check_out_before_loading(arguments, where: str, tmp_path: Path) -> None:
+    """`train lora -o <a file>` failed after 31 s of set-up, `batch -o <read-only>` after generating."""
+    from tests.unwritable import unwritable_folder
+
+    (tmp_path / "prompts.jsonl").write_text('{"prompt": "a red circle"}\n')
+    (tmp_path / "data").mkdir()
+    Image.new("RGB", (64, 64), "white").save(tmp_path / "picture.png")
+    arguments = [a.format(prompts=tmp_path / "prompts.jsonl", data=tmp_path / "data", picture=tmp_path / "picture.png")
+                 for a in arguments]
+    is_file = arguments[0] == "control"
+    if where == "a file":
+        out = tmp_path / ("a-folder.png" if is_file else "a-file")
+        out.mkdir() if is_file else out.write_bytes(b"x")
+    else:
+        out = unwritable_folder(tmp_path) / ("new.png" if is_file else "new")
+    result = invoke(*arguments, "-o", out)
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"error: --out {str(out)!r} ") and result.output.count("\n") == 1, result.output

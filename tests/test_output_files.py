@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.unwritable import unwritable_folder
 from difflab.output_files import (
     OutputWriteError, image_name, next_number, output_problem, save_named_files, save_new_images, write_new_image,
 )
@@ -55,19 +56,6 @@ def test_two_processes_writing_one_folder_keep_every_image(tmp_path: Path) -> No
     assert contents == {f"worker {w} image {i}".encode() * 200 for w in range(workers) for i in range(count)}
 
 
-def _unwritable_folder(tmp_path: Path) -> Path:
-    """A folder this process cannot create files in: chmod for a normal user; for root, who ignores modes,
-    sysfs, which refuses new entries even to root."""
-    folder = tmp_path / "read-only"
-    folder.mkdir()
-    folder.chmod(0o500)
-    if output_problem(folder) is not None:
-        return folder
-    if Path("/sys/kernel").is_dir() and output_problem(Path("/sys/kernel")) is not None:
-        return Path("/sys/kernel")
-    pytest.skip("no folder here refuses writes to this user")
-
-
 def test_output_problems_are_found_without_creating_anything(tmp_path: Path) -> None:
     a_file = tmp_path / "a-file.png"
     a_file.write_bytes(b"x")
@@ -76,7 +64,7 @@ def test_output_problems_are_found_without_creating_anything(tmp_path: Path) -> 
     assert "is a file, so the folder cannot be created" in output_problem(a_file / "sub")
     assert output_problem(tmp_path, kind="file") == "is a folder, not a file"
     assert output_problem(tmp_path / "new" / "figure.png", kind="file") is None
-    unwritable = _unwritable_folder(tmp_path)
+    unwritable = unwritable_folder(tmp_path)
     assert "cannot be written" in output_problem(unwritable)
     assert "where it would be created" in output_problem(unwritable / "new-folder")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file.png", "read-only"]

@@ -79,13 +79,13 @@ def _corrupt_model(source: Path, target: Path) -> Path:
 
 @pytest.mark.parametrize("case", ["a file", "below a file", "unwritable"])
 def test_a_bad_out_fails_before_the_model_loads(case: str, tiny_sd_folder: Path, tmp_path: Path) -> None:
-    from tests.test_output_files import _unwritable_folder
+    from tests.unwritable import unwritable_folder
 
     model = _corrupt_model(tiny_sd_folder, tmp_path / "corrupt-model")
     out = {"a file": tmp_path / "taken.png", "below a file": tmp_path / "taken.png" / "sub",
            "unwritable": None}[case]
     if out is None:
-        out = _unwritable_folder(tmp_path) / "outputs"
+        out = unwritable_folder(tmp_path) / "outputs"
     (tmp_path / "taken.png").write_bytes(b"x")
     result = _generate(model, out, "a red circle")
     assert result.exit_code == 2, result.output
