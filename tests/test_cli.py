@@ -212,3 +212,28 @@ def test_engine_commands_check_out_before_loading(arguments, where: str, tmp_pat
     result = invoke(*arguments, "-o", out)
     assert result.exit_code == 2, result.output
     assert result.output.startswith(f"error: --out {str(out)!r} ") and result.output.count("\n") == 1, result.output
+
+
+def test_batch_whose_folder_fails_mid_run_is_one_line_saying_how_to_resume(tmp_path: Path, monkeypatch) -> None:
+    """The second line's images are drawn, then the folder is a file: no traceback, exit 1, --out named."""
+    import shutil
+
+    import difflab.engine.pipeline as pipeline
+
+    (tmp_path / "prompts.jsonl").write_text('{"prompt": "a red circle"}\n{"prompt": "a blue square"}\n')
+    out, calls, real_run = tmp_path / "out", [], pipeline.run
+
+    def run_then_lose_the_folder(*args, **kwargs):
+        result = real_run(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            shutil.rmtree(out)
+            out.write_bytes(b"a file where the folder was")
+        return result
+
+    monkeypatch.setattr(pipeline, "run", run_then_lose_the_folder)
+    result = runner.invoke(app, ["batch", str(tmp_path / "prompts.jsonl"), "--steps", "2", "-o", str(out)])
+    assert result.exit_code == 1, result.output
+    [error] = result.stderr.strip().splitlines()[-1:]
+    assert error.startswith(f"error: --out {str(out)!r}: could not write (") and "after 1 image(s)" in error
+    assert "rerun the same command to resume" in error and "Traceback" not in result.output

@@ -99,9 +99,9 @@ def batch_command(
                         progress.update(task, completed=made + skipped)
             sheets = write_contact_sheets(plan, out)
         except OSError as error:  # the folder failed mid-run (disk full, removed): what is finished stays finished
-            typer.echo(f"error: --out {str(out)!r}: {error.strerror or error}; the {made} image(s) finished in this "
-                       "run are in it with whole manifest lines: rerun the same command to resume once it can be "
-                       "written", err=True)
+            typer.echo(f"error: --out {str(out)!r}: could not write ({error.strerror or error}) after {made} "
+                       "image(s) of this run; finished images are kept with whole manifest lines: rerun the same "
+                       "command to resume once the folder can be written", err=True)
             raise typer.Exit(1) from None
     except ValueError as error:
         fail(str(error))
