@@ -50,7 +50,7 @@ def user_errors(command: Callable) -> Callable:
         except OutputWriteError as error:
             for path in (*error.written, *error.rescued):
                 typer.echo(str(path))
-            typer.echo(f"error: {error.describe(getattr(error, 'option', '--out'))}", err=True)
+            typer.echo(f"error: {error.describe('--out')}", err=True)
             raise typer.Exit(1) from None
         except OSError as error:  # the machine, not the input: still one line
             typer.echo(f"error: {error}", err=True)
