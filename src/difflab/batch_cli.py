@@ -13,7 +13,8 @@ import typer
 
 def replay_command(
     image: Path = typer.Argument(..., help="A PNG made by difflab (or with A1111 'parameters' metadata)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the regenerated PNG to this folder."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the regenerated PNG to this folder "
+                                       "(numbered like generate's, NNNNN-SEED.png; nothing is replaced)."),
     check: bool = typer.Option(False, "--check", help="Exit with status 1 unless the result is bit-identical."),
     model: Optional[str] = typer.Option(None, help="Use this model instead of the recorded one (moved folder, A1111 name)."),
     alone: bool = typer.Option(False, "--alone", help="Regenerate only this image (n=1, its own seed) instead of "
@@ -21,12 +22,15 @@ def replay_command(
                                                       "kernels depend on batch size (CPUs)."),
 ) -> None:
     """Regenerate an image from its embedded metadata and compare it with the original, pixel by pixel."""
-    from difflab.cli import fail, progress_bar
+    from difflab.cli import check_output, progress_bar, quiet_libraries, user_errors
 
-    try:
+    @user_errors
+    def run() -> None:
+        check_output(out)  # before the model loads: a bad --out is found now, not after the work
         from difflab.engine.pipeline import PipelineCache
         from difflab.engine.replay import model_warnings, plan_replay, replay
 
+        quiet_libraries()
         cache = PipelineCache()
         plan = plan_replay(image, model=model, alone=alone, placement=cache.placement)
         for warning in (*plan.warnings, *model_warnings(plan)):
@@ -34,17 +38,16 @@ def replay_command(
         with progress_bar("replaying") as progress:
             task = progress.add_task("replaying", total=None, info=f"{plan.source}, image {plan.index} of {plan.request.n}")
             outcome = replay(plan, cache, on_step=lambda done, total: progress.update(task, completed=done, total=total))
-    except ValueError as error:
-        fail(str(error))
-    if out is not None:
-        from difflab.core.checkpoint import atomic_write_bytes
+        if out is not None:
+            from difflab.output_files import save_new_images
 
-        path = out / f"{image.stem}-replay.png"
-        atomic_write_bytes(path, outcome.png)
-        typer.echo(str(path))
-    typer.echo(f"{image}: {outcome.comparison.describe()}")
-    if check and not outcome.comparison.identical:
-        raise typer.Exit(1)
+            [path] = save_new_images(out, [(plan.request.seed + plan.index, outcome.png)])
+            typer.echo(str(path))
+        typer.echo(f"{image}: {outcome.comparison.describe()}")
+        if check and not outcome.comparison.identical:
+            raise typer.Exit(1)
+
+    run()
 
 
 def batch_command(
@@ -63,7 +66,7 @@ def batch_command(
     """Generate every request of a prompt file into a folder: PNGs, a manifest, a contact sheet; resumable.
 
     Fields of a line override the options. All lines are checked before anything is generated."""
-    from difflab.cli import fail, progress_bar
+    from difflab.cli import check_output, fail, progress_bar, quiet_libraries
 
     try:
         from difflab.engine.batch import ImageFinished, LineStarted, check_folder, plan_batch, run_batch, write_contact_sheets
@@ -72,26 +75,34 @@ def batch_command(
         defaults = dict(n=n, negative_prompt=negative, steps=steps, guidance=guidance, seed=seed, scheduler=scheduler,
                         width=width, height=height, model=model)
         plan = plan_batch(prompts, defaults)
+        check_output(out)  # a file or an unwritable place fails before any weights load
         check_folder(plan, out)  # before the first write: a refused folder is left as it was
+        quiet_libraries()
         cache = PipelineCache()
         made = skipped = 0
-        with progress_bar("batch") as progress:
-            task = progress.add_task("batch", total=plan.total_images, info="")
-            current = {"line": 0, "images": 0}
+        try:
+            with progress_bar("batch") as progress:
+                task = progress.add_task("batch", total=plan.total_images, info="")
+                current = {"line": 0, "images": 0}
 
-            def on_step(done: int, total: int) -> None:
-                progress.update(task, completed=made + skipped + current["images"] * done / total)
+                def on_step(done: int, total: int) -> None:
+                    progress.update(task, completed=made + skipped + current["images"] * done / total)
 
-            for event in run_batch(plan, out, cache, on_step=on_step):
-                if isinstance(event, LineStarted):
-                    current.update(line=event.line, images=event.images)
-                    progress.update(task, info=f"line {event.line}")
-                elif isinstance(event, ImageFinished):
-                    skipped += event.skipped
-                    made += not event.skipped
-                    current["images"] -= not event.skipped
-                    progress.update(task, completed=made + skipped)
-        sheets = write_contact_sheets(plan, out)
+                for event in run_batch(plan, out, cache, on_step=on_step):
+                    if isinstance(event, LineStarted):
+                        current.update(line=event.line, images=event.images)
+                        progress.update(task, info=f"line {event.line}")
+                    elif isinstance(event, ImageFinished):
+                        skipped += event.skipped
+                        made += not event.skipped
+                        current["images"] -= not event.skipped
+                        progress.update(task, completed=made + skipped)
+            sheets = write_contact_sheets(plan, out)
+        except OSError as error:  # the folder failed mid-run (disk full, removed): what is finished stays finished
+            typer.echo(f"error: --out {str(out)!r}: could not write ({error.strerror or error}) after {made} "
+                       "image(s) of this run; finished images are kept with whole manifest lines: rerun the same "
+                       "command to resume once the folder can be written", err=True)
+            raise typer.Exit(1) from None
     except ValueError as error:
         fail(str(error))
     typer.echo(f"{made} images generated, {skipped} already finished; {plan.total_images} in {out}")

@@ -13,6 +13,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # plain help text: typer's rich markup would eat every "[default: ...]" and "[word]" in the help strings
+    rich_markup_mode=None,
 )
 ddpm_app = typer.Typer(help="Pixel-space diffusion from scratch (lab 1): train and sample.", no_args_is_help=True)
 viz_app = typer.Typer(help="Pictures that explain diffusion.", no_args_is_help=True)
@@ -34,7 +36,10 @@ def fail(message: str) -> None:
 
 
 def user_errors(command: Callable) -> Callable:
-    """Turn ValueErrors (bad input found by the library) into one-line errors instead of tracebacks."""
+    """Turn ValueErrors (bad input found by the library) into one-line errors (exit 2) instead of tracebacks, and
+    a write that failed after the work (disk full, folder gone) into the paths that were saved, the rescue
+    folder's among them, and one line saying where (exit 1)."""
+    from difflab.output_files import OutputWriteError
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -42,8 +47,62 @@ def user_errors(command: Callable) -> Callable:
             return command(*args, **kwargs)
         except ValueError as error:
             fail(str(error))
+        except OutputWriteError as error:
+            for path in (*error.written, *error.rescued):
+                typer.echo(str(path))
+            typer.echo(f"error: {error.describe('--out')}", err=True)
+            raise typer.Exit(1) from None
+        except OSError as error:  # the machine, not the input: still one line
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(1) from None
 
     return wrapper
+
+
+def check_output(path: Optional[Path], option: str = "--out", kind: str = "folder") -> None:
+    """Before any weights load: the output ``kind`` ("folder" or "file") at ``path`` can be written, else one line
+    naming ``option`` and exit 2. Creates nothing."""
+    from difflab.output_files import output_problem
+
+    if path is not None and (problem := output_problem(path, kind)) is not None:
+        fail(f"{option} {str(path)!r} {problem}")
+
+
+def quiet_libraries() -> None:
+    """What diffusers and transformers print while loading that a difflab user cannot act on: their progress
+    bars (difflab draws its own) and transformers' note that image processors fall back to PIL without
+    torchvision (difflab needs no torchvision). Their warnings otherwise still show."""
+    import logging
+
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    diffusers.utils.logging.disable_progress_bar()  # "Loading pipeline components..."
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights"
+    logger = logging.getLogger("transformers.utils.import_utils")
+    if not any(isinstance(f, _TorchvisionFallbackFilter) for f in logger.filters):
+        logger.addFilter(_TorchvisionFallbackFilter())
+
+
+class _TorchvisionFallbackFilter:
+    """Drops transformers' "`CLIPImageProcessor` requires torchvision (not installed); falling back to ...Pil"."""
+
+    def filter(self, record) -> bool:
+        return "requires torchvision (not installed); falling back to" not in record.getMessage()
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from difflab import __version__
+
+        typer.echo(f"difflab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                       help="Print difflab's version and exit.")) -> None:
+    """difflab: diffusion from scratch to production image generation."""
 
 
 def comma_numbers(text: str, option: str, low: float, high: float) -> list[float]:
@@ -95,6 +154,7 @@ def ddpm_train(
     from difflab.core.train import TrainConfig, train
     from difflab.core.unet import UNetConfig
 
+    check_output(out)
     data, dataset_name = _load_dataset(dataset, image_size, channels)
     first = data.images[0]
     conditional = not unconditional and data.num_classes > 1
@@ -170,11 +230,14 @@ def ddpm_sample(
     eta: Optional[float] = typer.Option(None, help="Noise of ddim / euler-ancestral (0 = deterministic)."),
     out: Path = typer.Option(Path("outputs/ddpm"), "--out", "-o", help="Output folder."),
 ) -> None:
-    """Draw samples from a checkpoint: one PNG per sample plus grid.png."""
+    """Draw samples from a checkpoint: one PNG per sample (numbered NNNNN-SEED.png, never replacing a file) and a
+    grid (grid-NNNN-SEED.png)."""
     from difflab.core.checkpoint import load_model
     from difflab.core.generate import SampleRequest, sample_steps
-    from difflab.viz.grid import make_grid, save_images, to_pil
+    from difflab.output_files import save_new_images
+    from difflab.viz.grid import make_grid, png_bytes, to_pil
 
+    check_output(out)
     model = load_model(checkpoint or bundled_digits_checkpoint())
     if n < 1:
         fail(f"n must be >= 1; got {n}")
@@ -191,10 +254,10 @@ def ddpm_sample(
             x = step.x
             progress.update(task, completed=step.index + 1, info=f"sigma {step.sigma_next:.3f}")
     images = to_pil(x.clamp(-1, 1))
-    paths = save_images(images, out, prefix="sample-")
-    grid = out / "grid.png"
-    make_grid(images, columns=min(10, n) if n % 10 == 0 else None, scale=4).save(grid)
-    typer.echo(f"{len(paths)} samples in {out}\ngrid: {grid}")
+    paths = save_new_images(out, ((seed + i, png_bytes(image)) for i, image in enumerate(images)))
+    grid = make_grid(images, columns=min(10, n) if n % 10 == 0 else None, scale=4)
+    [grid_path] = save_new_images(out, [(seed, png_bytes(grid))], basename="grid")
+    typer.echo(f"{len(paths)} samples in {out} ({paths[0].name} to {paths[-1].name})\ngrid: {grid_path}")
 
 
 @viz_app.command("schedules")
@@ -210,6 +273,7 @@ def viz_schedules(
     for name in names:
         if name not in ("linear", "scaled_linear", "cosine"):
             fail(f"schedules must be from linear, scaled_linear, cosine; got {name!r}")
+    check_output(out, kind="file")
     out.parent.mkdir(parents=True, exist_ok=True)
     typer.echo(str(plot_schedules(names, out)))
 
@@ -228,6 +292,7 @@ def viz_forward(
     from difflab.viz.forward import forward_grid, load_image_tensor
 
     names = [s.strip() for s in schedules.split(",") if s.strip()]
+    check_output(out, kind="file")
     x_0 = load_image_tensor(str(image), size)
     out.parent.mkdir(parents=True, exist_ok=True)
     forward_grid(x_0, names, columns=columns, seed=seed).save(out)
@@ -254,6 +319,8 @@ def viz_trajectory(
     from difflab.core.generate import SampleRequest, sample_steps
     from difflab.viz.trajectory import trajectory_grid
 
+    check_output(out, kind="file")
+    check_output(gif, "--gif", kind="file")
     model = load_model(checkpoint or bundled_digits_checkpoint())
     labels = (_parse_label(label, model.spec.class_names),) * samples
     request = SampleRequest(labels=labels, sampler=sampler, steps=steps, guidance=guidance, seed=seed)
@@ -292,6 +359,7 @@ def viz_samplers(
 
     for name in names:  # a bad name fails before the model loads and the bar is drawn
         get_sampler(name)
+    check_output(out, kind="file")
     model = load_model(checkpoint or bundled_digits_checkpoint())
     with progress_bar("sampling") as progress:
         task = progress.add_task("sampling", total=len(names) * len(counts), info="")
@@ -367,6 +435,7 @@ def generate(
                             allow_unsafe_pickle=allow_unsafe_pickle,
                             controls=controls_from_options(control, control_model), control_start=control_start,
                             control_end=control_end)
+    check_output(out)  # a file, or a folder that cannot be written, fails before any weights load
     from difflab.engine.registry import check_scheduler_fits, resolve_model
 
     # a missing, unknown or corrupt model, or a sampler the model cannot use, fails here, before any output exists
@@ -374,9 +443,13 @@ def generate(
     from difflab.engine.modes import check_request_settings
 
     check_request_settings(request)  # strength vs steps, refiner families: before the progress bar starts
+    from difflab.engine.lora import resolve_all
+
+    resolve_all(request.loras)  # a missing LoRA too
     from difflab.engine.outputs import save_result
     from difflab.engine.pipeline import PipelineCache, run
 
+    quiet_libraries()
     cache = PipelineCache()
     with progress_bar("generating") as progress:
         task = progress.add_task("generating", total=None, info=request.model)
@@ -467,6 +540,12 @@ def explain_command(
         for item in TOPICS.values():
             typer.echo(f"{item.name:<16} {item.summary} ({item.model_kind} model)")
         return
+    from difflab.explain import resolve_topic
+
+    chosen = resolve_topic(topic)  # an unknown topic fails first
+    check_output(out)
+    if chosen.model_kind == "text-to-image":
+        quiet_libraries()
     for line in explain(topic, out, model=model, digits=checkpoint, seed=seed):
         typer.echo(line)
 

@@ -24,16 +24,19 @@ def preprocess_command(
                                              ".pth weights (pickles can run code)."),
 ) -> None:
     """Show the map a ControlNet would see: ``difflab control preprocess canny photo.png -o edges.png``."""
-    from difflab.cli import user_errors
+    from difflab.cli import check_output, user_errors
 
     @user_errors
     def run() -> None:
-        from difflab.core.checkpoint import atomic_write_bytes
         from difflab.engine.control import preprocess, resized
         from difflab.engine.modes import load_image
+        from difflab.output_files import save_named_files
         from difflab.viz.grid import png_bytes
 
         spec = _spec(kind, str(image), low, high)
+        if out.suffix.lower() != ".png":
+            raise ValueError(f"out: {str(out)!r} must be a .png file")
+        check_output(out, kind="file")  # before the picture is read and the preprocessor's model loads
         picture = load_image(str(image), "image")
         if width is not None or height is not None:
             target_width = width or round(picture.width * height / picture.height)
@@ -43,9 +46,7 @@ def preprocess_command(
             picture = resized(picture, target_width, target_height, "image")
         low_, high_ = spec.thresholds()
         control_map = preprocess(spec.kind, picture, low_, high_, allow_unsafe_pickle=allow_unsafe_pickle)
-        if out.suffix.lower() != ".png":
-            raise ValueError(f"out: {str(out)!r} must be a .png file")
-        atomic_write_bytes(out, png_bytes(control_map))
+        save_named_files(out.parent, {out.name: png_bytes(control_map)})
         typer.echo(str(out))
 
     run()

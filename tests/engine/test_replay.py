@@ -31,11 +31,20 @@ def test_replay_is_bit_identical_and_writes_the_same_png(tiny_sd_folder: Path, t
     result = runner.invoke(app, ["replay", str(original), "--check", "-o", str(tmp_path / "again")])
     assert result.exit_code == 0, result.output
     assert "bit-identical (max difference 0/255)" in result.output
-    again = tmp_path / "again" / f"{original.stem}-replay.png"
+    again = tmp_path / "again" / "00000-7.png"  # numbered like generate's images: counter, then the seed
     # same pixels and same metadata: the regenerated file is byte for byte the original
     assert again.read_bytes() == original.read_bytes()
     _, record = read_png_metadata(original)
     assert record["environment"]["device"] == "cpu (float32)" and record["environment"]["cpu_capability"]
+
+
+def test_replay_out_never_replaces_and_a_bad_out_fails_before_the_work(tiny_sd_folder: Path, tmp_path: Path) -> None:
+    (original,) = generate(tiny_sd_folder, tmp_path / "made", "--seed", "7")
+    for _ in range(2):
+        assert runner.invoke(app, ["replay", str(original), "-o", str(tmp_path / "again")]).exit_code == 0
+    assert sorted(p.name for p in (tmp_path / "again").iterdir()) == ["00000-7.png", "00001-7.png"]
+    result = runner.invoke(app, ["replay", str(original), "-o", str(original)])
+    assert result.exit_code == 2 and result.output == f"error: --out {str(original)!r} is a file, not a folder\n"
 
 
 def test_image_2_of_a_batch_of_3_replays_its_batch(tiny_sd_folder: Path, tmp_path: Path) -> None:

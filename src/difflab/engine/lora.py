@@ -72,8 +72,10 @@ class ResolvedLora:
 
 
 def parse_lora_spec(text: str) -> LoraSpec:
-    """``"name"``, ``"name:0.8"``, ``"path/to/x.safetensors:-0.5"``: the weight is the part after the last colon
-    when that part is a number (so ``C:\\loras\\x`` keeps its drive letter); otherwise the weight is 1."""
+    """``"name"``, ``"name:0.8"``, ``"path/to/x.safetensors:-0.5"``, ``"C:\\loras\\x.safetensors:0.7"``: the
+    weight is the part after the last colon. That part must be a number, except after a drive letter
+    (``C:\\loras\\x``) or when the whole text names an existing LoRA; a name that contains a colon takes its
+    weight explicitly (``my:style:1``). Otherwise the error names the weight, not a missing LoRA."""
     text = text.strip()
     source, weight = text, 1.0
     head, sep, tail = text.rpartition(":")
@@ -82,12 +84,28 @@ def parse_lora_spec(text: str) -> LoraSpec:
             weight = float(tail)
             source = head.strip()
         except ValueError:
-            pass
+            if not (_is_drive_path(text) or _names_an_existing_lora(text)):
+                raise LoraError(f"lora {text!r}: weight {tail.strip()!r} is not a number; write NAME_OR_PATH[:WEIGHT], "
+                                "e.g. hexagon:0.8 (a name with a colon takes its weight: my:style:1)") from None
     if not source:
         raise LoraError(f"lora {text!r}: expected NAME_OR_PATH[:WEIGHT], e.g. hexagon:0.8")
     if not math.isfinite(weight) or abs(weight) > MAX_WEIGHT:
         raise LoraError(f"lora {text!r}: weight must be a finite number within +-{MAX_WEIGHT:g}; got {tail}")
     return LoraSpec(source, weight)
+
+
+def _is_drive_path(text: str) -> bool:
+    """``C:\\loras\\x.safetensors`` or ``C:/loras/x``: a Windows drive, its colon no weight separator."""
+    return re.match(r"^[A-Za-z]:[\\/]", text) is not None and text.count(":") == 1
+
+
+def _names_an_existing_lora(text: str) -> bool:
+    """A file or folder called ``text`` as given or in the LoRA folder (a name with a colon, written before
+    colons needed an explicit weight)."""
+    try:
+        return any(p.exists() for p in (Path(text).expanduser(), lora_dir() / text, lora_dir() / f"{text}.safetensors"))
+    except OSError:  # a name too long or otherwise impossible on this file system
+        return False
 
 
 def lora_dir() -> Path:

@@ -85,16 +85,25 @@ def record(settings: Settings, seed: int, index: int, placement: Placement | Non
 
 
 def save_result(result: Result, folder: str | Path, prefix: str = "", placement: Placement | None = None) -> list[Path]:
-    """One PNG per image, ``{prefix}{seed}-{index}.png``; each write is atomic (temporary file, then rename)."""
-    from difflab.core.checkpoint import atomic_write_bytes
+    """One PNG per image, numbered as A1111 numbers them (``00012-1234.png``: the next free counter in the folder,
+    then the seed; difflab.output_files); no earlier file is ever replaced, and a folder that fails part way sends
+    the rest to a rescue folder (``OutputWriteError`` says where).
 
+    With a ``prefix`` (the server's job id) the names are ``{prefix}{seed}-{index}.png`` instead: a job re-run
+    after a crash replaces its own half-finished files, never duplicates them; job ids never repeat."""
     folder = Path(folder)
-    paths = []
-    for index, seed in enumerate(result.seeds):
-        path = folder / f"{prefix}{seed:010d}-{index:02d}.png"
-        atomic_write_bytes(path, image_png(result, index, placement))
-        paths.append(path)
-    return paths
+    if prefix:
+        from difflab.core.checkpoint import atomic_write_bytes
+
+        paths = []
+        for index, seed in enumerate(result.seeds):
+            path = folder / f"{prefix}{seed:010d}-{index:02d}.png"
+            atomic_write_bytes(path, image_png(result, index, placement))
+            paths.append(path)
+        return paths
+    from difflab.output_files import save_new_images
+
+    return save_new_images(folder, ((seed, image_png(result, index, placement)) for index, seed in enumerate(result.seeds)))
 
 
 def image_png(result: Result, index: int, placement: Placement | None = None) -> bytes:

@@ -127,8 +127,12 @@ def load_pipeline(model: ResolvedModel, placement: Placement):
         # resolve_model already refused pickles the request did not allow
         pipeline = load_single_file_pipeline(model.path, model.family, placement.dtype, allow_unsafe_pickle=True)
     else:
+        # diffusers renamed torch_dtype to dtype (and warns on the old name); older diffusers know only torch_dtype
+        from diffusers.utils import deprecation_utils
+
+        dtype_name = "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
         pipeline = diffusers.DiffusionPipeline.from_pretrained(
-            str(model.path), torch_dtype=placement.dtype, use_safetensors=True, local_files_only=True
+            str(model.path), use_safetensors=True, local_files_only=True, **{dtype_name: placement.dtype}
         )
     pipeline.set_progress_bar_config(disable=True)  # difflab shows its own progress
     return pipeline.to(placement.device)

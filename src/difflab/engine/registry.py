@@ -97,11 +97,25 @@ def resolve_model(name: str, allow_unsafe_pickle: bool = False) -> ResolvedModel
         return _resolve_single_file(name, path, allow_unsafe_pickle)
     if path.is_dir():
         return _with_family_defaults(name, path, _family_of_folder(path))
+    if not path.exists() and (path.suffix.lower() in WEIGHT_FILE_SUFFIXES or _looks_like_a_path(name)):
+        # a file or folder that is not there, not a hub id: the hub's own "Repo id must use alphanumeric
+        # chars" would only confuse
+        what = "file" if path.suffix.lower() in WEIGHT_FILE_SUFFIXES else "folder"
+        raise ValueError(f"model {name!r}: no such {what} ({path.resolve()})")
     if "/" in name and not path.exists() and name.count("/") == 1:
         snapshot = hub_snapshot(name, f"model {name!r} ({name})")
         return _with_family_defaults(name, snapshot, _family_of_folder(snapshot))
     choices = ", ".join(PRESETS)
     raise ValueError(f"model must be a preset ({choices}), a hub id, a diffusers folder or a .safetensors file; got {name!r}")
+
+
+WEIGHT_FILE_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
+
+
+def _looks_like_a_path(name: str) -> bool:
+    """A name a hub id can never be: relative (./, ../), absolute, home (~), or with a backslash or drive."""
+    return (name.startswith((".", "/", "~")) or "\\" in name or Path(name).is_absolute()
+            or (len(name) > 1 and name[1] == ":"))
 
 
 def _resolve_single_file(name: str, path: Path, allow_unsafe_pickle: bool) -> ResolvedModel:
@@ -181,7 +195,8 @@ def hub_snapshot(repo_id: str, wanted: str, pull_name: Optional[str] = None) -> 
     except (LocalEntryNotFoundError, FileNotFoundError, OSError):
         raise ModelNotAvailable(
             f"{wanted} is not in the local Hugging Face cache; on a machine with network run "
-            f"`difflab pull {pull_name or repo_id}` (or `huggingface-cli download {repo_id}`) and copy the cache here"
+            f"`difflab pull {pull_name or repo_id}` (or `hf download {repo_id}`) and copy its Hugging Face cache "
+            f"({_hub_cache()}) here"
         ) from None
 
 
@@ -199,5 +214,35 @@ def pull(name: str) -> Path:
     if preset is None and name.count("/") != 1:
         raise ValueError(f"model must be a preset ({', '.join(PRESETS)}) or a hub id like 'owner/name'; got {name!r}")
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+    from huggingface_hub.errors import RepositoryNotFoundError
 
-    return Path(snapshot_download(repo_id, allow_patterns=PULL_PATTERNS))
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=PULL_PATTERNS))
+    except GatedRepoError:
+        raise ModelNotAvailable(f"model {name!r} ({repo_id}) is gated: accept its licence on the hub with your account "
+                                "and set HF_TOKEN, then pull again") from None
+    except RepositoryNotFoundError:
+        raise ValueError(f"model {name!r}: no repository {repo_id!r} on the Hugging Face hub (or it is private: set "
+                         "HF_TOKEN)") from None
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError, OSError) as error:
+        # offline, DNS, proxy, TLS: snapshot_download says "Got: ConnectError ..." in a paragraph; one line here
+        raise HubUnreachable(
+            f"pull {name!r}: the Hugging Face hub cannot be reached ({_first_line(error)}). To bring the weights "
+            f"in offline: on a machine with network run `difflab pull {name}` (or `hf download {repo_id}`), then "
+            f"copy its Hugging Face cache ({_hub_cache()}) to the same place here") from None
+
+
+class HubUnreachable(OSError):
+    """No network path to the hub: the machine, not the input (exit 1, one line)."""
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def _hub_cache() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)

@@ -26,10 +26,15 @@ def _check(model: str, prompt: str = "check", **settings) -> None:
     resolve_model(build_request(prompt=prompt, model=model, **settings).model)
 
 
-def _write_json(path: Path, payload: dict) -> None:
-    from difflab.core.checkpoint import atomic_write_bytes
+def _json(payload: dict) -> bytes:
+    return (json.dumps(payload, indent=2) + "\n").encode()
 
-    atomic_write_bytes(path, (json.dumps(payload, indent=2) + "\n").encode())
+
+def _write_files(out: Path, files: dict[str, bytes]) -> None:
+    """The report's files, each replaced atomically; if the folder fails now, they go to a rescue folder."""
+    from difflab.output_files import save_named_files
+
+    save_named_files(out, files)
 
 
 @eval_app.command("adherence")
@@ -49,12 +54,12 @@ def adherence_command(
 ) -> None:
     """Shape, colour, position, size and background accuracy over every base shape x colour, read back by the
     deterministic analyzer (no learned judge)."""
-    from difflab.cli import progress_bar, user_errors
+    from difflab.cli import check_output, progress_bar, quiet_libraries, user_errors
 
     @user_errors
     def run() -> None:
         from difflab.eval import t2i
-        from difflab.viz.grid import make_grid
+        from difflab.viz.grid import make_grid, png_bytes
 
         if prompts_kind not in ("full", "short"):
             raise ValueError(f"prompts must be full or short, got {prompts_kind!r}")
@@ -62,6 +67,8 @@ def adherence_command(
         if guidance_end is not None:
             settings["guidance_end"] = guidance_end
         _check(model, **settings)
+        check_output(out)
+        quiet_libraries()
         total = per_pair * 32
         with progress_bar("adherence") as progress:
             task = progress.add_task("generating", total=total, info=model)
@@ -69,16 +76,14 @@ def adherence_command(
             count = {"per_pair": per_pair} if prompts_kind == "full" else {"seeds_per_prompt": per_pair}
             report, prompts, images = measure(model, seed=seed, progress=lambda k: progress.advance(task, k),
                                               **count, **settings)
-        out.mkdir(parents=True, exist_ok=True)
-        make_grid(images, columns=16, scale=2).save(out / "grid.png")
-        _write_json(out / "report.json", {
+        _write_files(out, {"grid.png": png_bytes(make_grid(images, columns=16, scale=2)), "report.json": _json({
             "model": model, "prompts_kind": prompts_kind, "guidance": guidance, "guidance_end": guidance_end,
             "steps": steps, "scheduler": scheduler, "seed": seed,
             "n_images": report.n_images, "accuracy": report.accuracy,
             "shape+color": report.shape_and_color_accuracy,
             "shape_confusion": [[a, r, n] for (a, r), n in sorted(report.shape_confusion.items(), key=str)],
             "prompts": prompts,
-        })
+        })})
         typer.echo(report.table())
         typer.echo(f"grid: {out / 'grid.png'}\nreport: {out / 'report.json'}")
 
@@ -96,23 +101,25 @@ def guidance_sweep_command(
     out: Path = typer.Option(Path("outputs/guidance-sweep"), "--out", "-o"),
 ) -> None:
     """Classifier-free guidance trade-off: adherence and diversity side by side per scale, and the image grid."""
-    from difflab.cli import comma_numbers, progress_bar, user_errors
+    from difflab.cli import check_output, comma_numbers, progress_bar, quiet_libraries, user_errors
 
     @user_errors
     def run() -> None:
         from difflab.eval import t2i
+        from difflab.viz.grid import png_bytes
 
         scales = comma_numbers(guidances, "guidances", 0.0, 999.0)
         _check(model, steps=steps, scheduler=scheduler)
+        check_output(out)
+        quiet_libraries()
         prompts = t2i.minimal_prompts()
         with progress_bar("guidance sweep") as progress:
             task = progress.add_task("generating", total=len(scales) * len(prompts) * seeds, info=model)
             result = t2i.guidance_sweep(model, scales, seeds_per_prompt=seeds, seed=seed, steps=steps,
                                         scheduler=scheduler, progress=lambda k: progress.advance(task, k))
-        out.mkdir(parents=True, exist_ok=True)
-        t2i.sweep_grid(result).save(out / "grid.png")
-        _write_json(out / "sweep.json", {"model": model, "steps": steps, "scheduler": scheduler, "seed": seed,
-                                         "seeds_per_prompt": seeds, "rows": [vars(r) for r in result.rows]})
+        _write_files(out, {"grid.png": png_bytes(t2i.sweep_grid(result)), "sweep.json": _json(
+            {"model": model, "steps": steps, "scheduler": scheduler, "seed": seed, "seeds_per_prompt": seeds,
+             "rows": [vars(r) for r in result.rows]})})
         typer.echo(result.table())
         typer.echo(f"grid (rows: guidance {', '.join(f'{g:g}' for g in scales)}): {out / 'grid.png'}")
 
@@ -132,26 +139,28 @@ def negative_command(
     out: Path = typer.Option(Path("outputs/negative-prompt"), "--out", "-o"),
 ) -> None:
     """Does a negative prompt work? Share of images in the unwanted colour, with and without it, same seeds."""
-    from difflab.cli import progress_bar, user_errors
+    from difflab.cli import check_output, progress_bar, quiet_libraries, user_errors
 
     @user_errors
     def run() -> None:
         from difflab.eval import t2i
-        from difflab.viz.grid import make_grid
+        from difflab.viz.grid import make_grid, png_bytes
 
         from difflab.data.shapes import COLORS
 
         if negative not in COLORS:
             raise ValueError(f"negative must be one of the palette colours {', '.join(COLORS)}; got {negative!r}")
         _check(model, prompt=prompt, guidance=guidance, steps=steps, scheduler=scheduler)
+        check_output(out)
+        quiet_libraries()
         with progress_bar("negative prompt") as progress:
             task = progress.add_task("generating", total=2 * n, info=model)
             effect = t2i.negative_prompt_effect(model, prompt, negative, n=n, seed=seed, guidance=guidance,
                                                 steps=steps, scheduler=scheduler,
                                                 progress=lambda k: progress.advance(task, k))
-        out.mkdir(parents=True, exist_ok=True)
-        make_grid(effect.images_without + effect.images_with, columns=n, scale=2).save(out / "grid.png")
-        _write_json(out / "negative.json", {k: v for k, v in vars(effect).items() if not k.startswith("images")})
+        grid = make_grid(effect.images_without + effect.images_with, columns=n, scale=2)
+        _write_files(out, {"grid.png": png_bytes(grid), "negative.json": _json(
+            {k: v for k, v in vars(effect).items() if not k.startswith("images")})})
         typer.echo(effect.table())
         typer.echo(f"grid (top: without, bottom: with the negative prompt): {out / 'grid.png'}")
 

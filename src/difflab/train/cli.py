@@ -22,7 +22,7 @@ def t2i(
     max_steps: Optional[int] = typer.Option(None, min=1, help="Cap every phase at this many steps (quick trials)."),
 ) -> None:
     """Train the text-to-image model: AutoencoderKL, then U-Net + text encoder; writes a diffusers pipeline folder."""
-    from difflab.cli import fail, progress_bar, user_errors
+    from difflab.cli import check_output, fail, progress_bar, quiet_libraries, user_errors
 
     @user_errors
     def run() -> None:
@@ -32,6 +32,8 @@ def t2i(
         if phase not in PHASES:
             fail(f"phase must be one of {', '.join(PHASES)}; got {phase!r}")
         recipe = load_config(config).with_max_steps(max_steps)
+        check_output(out)  # before any training: a bad --out would otherwise fail at the first checkpoint
+        quiet_libraries()
         tasks: dict[str, int] = {}
         with progress_bar("training") as progress:
             for event in train_t2i(recipe, out, phase=phase, resume=resume):  # type: ignore[arg-type]
@@ -90,7 +92,7 @@ def lora(
     resolution: Optional[int] = typer.Option(None, help="Training image side [default: the base model's]."),
 ) -> None:
     """Train a LoRA on a folder of captioned images; writes diffusers and kohya .safetensors and a JSON record."""
-    from difflab.cli import fail, progress_bar, user_errors
+    from difflab.cli import check_output, fail, progress_bar, quiet_libraries, user_errors
 
     @user_errors
     def run() -> None:
@@ -104,6 +106,8 @@ def lora(
             fail(f"--reg-data {str(reg_data)!r} is not a folder")
         if masks not in (None, "auto") and not Path(masks).is_dir():
             fail(f"--masks {masks!r} is not a folder (or 'auto')")
+        check_output(out)  # before the base model loads and the set-up runs
+        quiet_libraries()
         config = LoraTrainConfig(
             base=base, data=str(data), trigger=trigger, caption_template=caption_template, rank=rank, alpha=alpha,
             learning_rate=lr, text_encoder_learning_rate=text_encoder_lr, warmup_steps=warmup_steps,
@@ -139,11 +143,13 @@ def make_dataset(
     resolution: int = typer.Option(64),
 ) -> None:
     """Write a LoRA training set of one shape from the procedural shapes world, with captions."""
-    from difflab.cli import user_errors
+    from difflab.cli import check_output, user_errors
 
     @user_errors
     def run() -> None:
         from difflab.data.captioned_folder import write_shape_set
+
+        check_output(out)
 
         paths = write_shape_set(out, shape, n, seed, resolution, trigger)
         typer.echo(f"{len(paths)} images in {out}")
@@ -172,7 +178,7 @@ def controlnet(
     seed: int = typer.Option(0, help="ControlNet initialisation and every random draw."),
 ) -> None:
     """Train a canny ControlNet from the base U-Net on procedural shapes; writes a diffusers ControlNet folder."""
-    from difflab.cli import progress_bar, user_errors
+    from difflab.cli import check_output, progress_bar, quiet_libraries, user_errors
 
     @user_errors
     def run() -> None:
@@ -186,6 +192,8 @@ def controlnet(
             empty_prompt_probability=empty_prompt_probability, checkpoint_every=checkpoint_every,
             validate_every=validate_every, validation_steps=validation_steps, seed=seed,
         )
+        check_output(out)  # before the base model loads and the shapes are rendered
+        quiet_libraries()
         with main_process_only(progress_bar("controlnet")) as progress:
             task = progress.add_task("controlnet", total=steps, info="")
             for event in train_controlnet(config, out, resume=resume):

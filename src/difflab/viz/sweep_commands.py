@@ -13,12 +13,12 @@ MODEL_HELP = "Preset, diffusers folder or .safetensors file."
 
 
 def _write_results(out: Path, sweep, description: str) -> None:
-    from difflab.core.checkpoint import atomic_write_bytes
+    from difflab.output_files import save_named_files
     from difflab.viz.grid import png_bytes
 
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / "grid.png", png_bytes(sweep.grid()))
-    atomic_write_bytes(out / "table.md", (f"{description}\n\n{sweep.table()}\n").encode())
+    # replaced atomically; if the folder fails now (disk full, removed), they go to a rescue folder
+    save_named_files(out, {"grid.png": png_bytes(sweep.grid()),
+                           "table.md": f"{description}\n\n{sweep.table()}\n".encode()})
     typer.echo(sweep.table())
     typer.echo(str(out / "grid.png"))
 
@@ -36,7 +36,7 @@ def lora_weights_command(
     out: Path = typer.Option(Path("outputs/lora-weights"), "--out", "-o", help="Folder for grid.png and table.md."),
 ) -> None:
     """A LoRA at several weights: the same prompts and seeds in every row, read back by the analyzer."""
-    from difflab.cli import comma_numbers, progress_bar, user_errors
+    from difflab.cli import check_output, comma_numbers, progress_bar, quiet_libraries, user_errors
 
     @user_errors
     def run() -> None:
@@ -45,6 +45,8 @@ def lora_weights_command(
 
         values = comma_numbers(weights, "weights", -10.0, 10.0)
         resolve_lora(lora)  # a missing or unreadable LoRA fails before the model loads
+        check_output(out)
+        quiet_libraries()
         settings = {k: v for k, v in dict(steps=steps, guidance=guidance).items() if v is not None}
         with progress_bar("lora weights") as progress:
             task = progress.add_task("generating", total=len(values) * len(prompt) * seeds, info=model)
@@ -71,7 +73,7 @@ def control_scale_command(
     out: Path = typer.Option(Path("outputs/control-scale"), "--out", "-o", help="Folder for grid.png and table.md."),
 ) -> None:
     """A ControlNet's conditioning scale: one prompt, the same seeds per row, each row's edge F1 measured."""
-    from difflab.cli import comma_numbers, fail, progress_bar, user_errors
+    from difflab.cli import check_output, comma_numbers, fail, progress_bar, quiet_libraries, user_errors
 
     @user_errors
     def run() -> None:
@@ -81,6 +83,8 @@ def control_scale_command(
         values = comma_numbers(scales, "scales", 0.0, MAX_SCALE)
         if not picture.is_file():
             fail(f"picture {str(picture)!r} is not a file")
+        check_output(out)
+        quiet_libraries()
         settings = {} if steps is None else {"steps": steps}
         with progress_bar("control scale") as progress:
             task = progress.add_task("generating", total=len(values) * seeds, info=model)
