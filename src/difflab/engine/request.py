@@ -14,11 +14,11 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from difflab.engine.control import ControlSpec, parse_control
+from difflab.engine.image_limits import MAX_SIDE
 from difflab.engine.schedulers import resolve_sampler
 
 MAX_IMAGES = 64  # per request; a batch file splits bigger jobs into requests
 MAX_STEPS = 1000
-MAX_SIDE = 4096
 MAX_SEED = 2**32 - 1  # A1111 and diffusers seeds fit in 32 bits
 DEFAULT_STRENGTH = 0.75  # A1111's default denoising strength for img2img and inpainting
 DEFAULT_REFINER_SWITCH = 0.8  # the SDXL report's split: the base model denoises the first 80% of the noise levels
