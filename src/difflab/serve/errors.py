@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
-from difflab.serve.catalog import FieldError
+from difflab.serve.catalog import FieldError, without_server_paths
 from difflab.serve.queue import QueueFull
 
 _NAMED = re.compile(r"^(\w+): (.*)$", re.S)
@@ -26,9 +26,10 @@ _NAMED = re.compile(r"^(\w+): (.*)$", re.S)
 
 def error_response(status: int, kind: str, message: str, fields: Optional[list[dict]] = None,
                    headers: Optional[dict[str, str]] = None) -> JSONResponse:
-    body: dict[str, Any] = {"status": status, "type": kind, "message": message}
+    # every error passes here: no answer shows the server's own paths (issue 19)
+    body: dict[str, Any] = {"status": status, "type": kind, "message": without_server_paths(message)}
     if fields:
-        body["fields"] = fields
+        body["fields"] = [{**item, "message": without_server_paths(item["message"])} for item in fields]
     return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
@@ -66,9 +67,11 @@ def validation_error(error: ValidationError, prefix: str = "") -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _request_validation(request: Request, error: RequestValidationError) -> JSONResponse:
+        invalid_json = [item for item in error.errors() if item.get("type") == "json_invalid"]
+        if invalid_json:  # pydantic's loc is ("body", <byte offset>): the field at fault is the body itself
+            message = f"is not valid JSON ({invalid_json[0].get('ctx', {}).get('error', 'a syntax error')})"
+            return error_response(422, "invalid_json", f"body: {message}", [{"field": "body", "message": message}])
         fields = field_errors(error.errors())
-        if any(item.get("type") == "json_invalid" for item in error.errors()):
-            return error_response(400, "invalid_json", "the request body is not valid JSON", fields)
         return error_response(422, "invalid_request", "; ".join(f"{f['field']}: {f['message']}" for f in fields),
                               fields)
 

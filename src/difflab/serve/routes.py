@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 
 from difflab.engine.request import GenerationRequest
 from difflab.serve.app import ServerState, server_of
-from difflab.serve.catalog import FieldError
+from difflab.serve.catalog import FieldError, without_server_paths
 from difflab.serve.errors import error_response, field_errors
 from difflab.serve.queue import Job
 
@@ -64,7 +64,9 @@ def job_json(server: ServerState, job: Job) -> dict[str, Any]:
         "id": job.id, "state": job.state, "position": server.store.position(job),
         "progress": {"step": job.step, "steps": job.steps, "fraction": round(fraction, 4)},
         "created": job.created, "started": job.started, "finished": job.finished, "attempts": job.attempts,
-        "cancel_requested": job.cancel_requested, "error": job.error, "request": job.request,
+        # the stored request names the server's files; the client sees its own names (catalog.client_view)
+        "cancel_requested": job.cancel_requested, "error": without_server_paths(job.error),
+        "request": server.catalog.client_view(job.request),
         "images": [{"id": f"{job.id}-{image['index']}", "url": f"/v1/images/{job.id}-{image['index']}",
                     "seed": image["seed"], "index": image["index"]} for image in job.images],
         "links": {"self": f"/v1/jobs/{job.id}", "events": f"/v1/jobs/{job.id}/events"},
