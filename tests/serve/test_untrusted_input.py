@@ -133,6 +133,8 @@ def test_the_requests_that_got_a_500(client) -> None:
         error = refused(client.post(path, content=b'{"prompt": "x",', headers={"content-type": "application/json"}),
                         "body")
         assert error["message"].startswith("body: is not valid JSON"), error
+        not_utf8 = client.post(path, content=b'\xff\xfe{"prompt": 1}', headers={"content-type": "application/json"})
+        assert refused(not_utf8, "body")["message"].startswith("body: is not valid JSON")
 
 
 # ---- 6. A1111 fields difflab cannot honour are refused, not ignored ----
@@ -171,3 +173,33 @@ def test_what_webuiapi_sends_is_accepted_and_honoured(client) -> None:
     assert decode(response.json()["images"][0]).size == (32, 32)
     # the same with eta difflab cannot honour for this sampler: refused, naming it
     refused(client.post("/sdapi/v1/txt2img", json={**WEBUIAPI_TXT2IMG, "sampler_name": "DDIM"}), "eta")
+
+
+def test_list_fields_of_the_wrong_type_are_422_not_500(client) -> None:
+    """Found by the API fuzzer (tests/serve/test_api_fuzz.py): ``memory: true`` raised a TypeError in a
+    validator that runs before pydantic's type check."""
+    for field, value in (("memory", True), ("loras", 5), ("controls", 1.5), ("memory", {"a": 1})):
+        refused(client.post("/v1/generate", json={"prompt": "x", **SMALL, field: value}), field)
+
+
+def test_every_ref_in_the_openapi_schema_resolves(client) -> None:
+    """/v1/generate's body schema pointed at #/components/schemas/ControlSpec, which the document does not have:
+    schema-driven clients (and the fuzzer) could build no body for it."""
+    document = client.get("/openapi.json").json()
+
+    def refs(node):
+        if isinstance(node, dict):
+            yield from ([node["$ref"]] if isinstance(node.get("$ref"), str) else [])
+            for value in node.values():
+                yield from refs(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from refs(value)
+
+    found = set(refs(document))
+    assert found, "the document has refs"
+    for ref in found:
+        target = document
+        for part in ref.removeprefix("#/").split("/"):
+            assert part in target, f"{ref} dangles"
+            target = target[part]

@@ -22,6 +22,7 @@ from difflab.serve.catalog import FieldError, without_server_paths
 from difflab.serve.queue import QueueFull
 
 _NAMED = re.compile(r"^(\w+): (.*)$", re.S)
+_UNPARSABLE_BODY = "There was an error parsing the body"  # fastapi.routing's HTTPException(400) detail
 
 
 def error_response(status: int, kind: str, message: str, fields: Optional[list[dict]] = None,
@@ -89,6 +90,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, error: HTTPException) -> JSONResponse:
+        if error.status_code == 400 and error.detail == _UNPARSABLE_BODY:  # FastAPI's, e.g. for bytes not UTF-8
+            message = "is not valid JSON (it could not be decoded as UTF-8 JSON)"
+            return error_response(422, "invalid_json", f"body: {message}", [{"field": "body", "message": message}])
         kind = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 409: "conflict",
                 413: "too_large"}.get(error.status_code, "http_error")
         return error_response(error.status_code, kind, str(error.detail), headers=getattr(error, "headers", None))

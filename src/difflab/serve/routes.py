@@ -23,7 +23,25 @@ router = APIRouter()
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 _IMAGE_ID = re.compile(r"^([0-9a-f]{32})-(\d{1,3})$")
 _POLL_S = 0.05
-_REQUEST_SCHEMA = GenerationRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+
+
+def _inlined(schema: Any, definitions: Optional[dict] = None) -> Any:
+    """A JSON schema with its ``$defs`` written in place of their ``$ref``s: the OpenAPI document has no
+    components of those names, so a ``$ref`` to one dangles and schema-driven clients (and fuzzers) cannot
+    build a body from it."""
+    if definitions is None and isinstance(schema, dict):
+        definitions = schema.get("$defs", {})
+        schema = {key: value for key, value in schema.items() if key != "$defs"}
+    if isinstance(schema, dict):
+        if "$ref" in schema:
+            return _inlined(definitions[schema["$ref"].rsplit("/", 1)[-1]], definitions)
+        return {key: _inlined(value, definitions) for key, value in schema.items()}
+    if isinstance(schema, list):
+        return [_inlined(item, definitions) for item in schema]
+    return schema
+
+
+_REQUEST_SCHEMA = _inlined(GenerationRequest.model_json_schema())
 
 
 # ---- shared by /v1 and /sdapi/v1 ------------------------------------------------------------------------------
