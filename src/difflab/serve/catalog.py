@@ -34,7 +34,8 @@ INPUT_FILE_FIELDS = ("init_image", "mask")
 TEXT_FIELDS = ("prompt", "negative_prompt", "scheduler", "long_prompt")  # free text, never opened as files
 _FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}$")
-# a POSIX path with at least two components, or a Windows one (C:\x); the first component decides (see below)
+# an absolute POSIX path (/a/b), a home one (~/a) or a Windows one (C:\a); whether the first component is an entry
+# of the file system's root decides whether it is a path of this machine (see _last_component)
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.~/-])(?:~|(?:[A-Za-z]:)?)((?:[/\\]+[^\s'\"/\\:,;()\[\]{}<>|]+)+)[/\\]?")
 _MAX_PATH_LIKE = 1024  # longer strings are data (base64 images), not paths
 
@@ -169,7 +170,6 @@ class Catalog:
             if field not in (*MODEL_FIELDS, *INPUT_FILE_FIELDS, *TEXT_FIELDS, LORA_FIELD, CONTROL_FIELD):
                 _refuse_paths(field, value)
         return body
-
 
     def client_view(self, body: dict[str, Any]) -> dict[str, Any]:
         """A request as stored (with the server's paths) as a client sees it: models, inputs and LoRAs by name."""
