@@ -75,11 +75,13 @@ def test_huge_uploads_are_refused_naming_the_field_and_nothing_is_stored(client,
 # ---- 4. models are presets or names in --models-dir; no answer shows a server path ----
 
 @pytest.fixture
-def secret_cwd(tmp_path: Path, tiny_sd_folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The server's working folder holds secret/tinycopy, a working copy of a model outside --models-dir."""
+def secret_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The server's working folder holds secret/tinycopy, a working copy of the bundled model outside --models-dir."""
+    from difflab.engine.registry import BUNDLED_DIR
+
     cwd = tmp_path / "cwd"
     (cwd / "secret").mkdir(parents=True)
-    (cwd / "secret" / "tinycopy").symlink_to(tiny_sd_folder, target_is_directory=True)
+    (cwd / "secret" / "tinycopy").symlink_to(BUNDLED_DIR / "tiny-shapes", target_is_directory=True)
     monkeypatch.chdir(cwd)
     return cwd
 
@@ -87,7 +89,7 @@ def secret_cwd(tmp_path: Path, tiny_sd_folder: Path, monkeypatch: pytest.MonkeyP
 def test_a_model_is_a_preset_or_a_name_in_the_models_dir_nothing_else(client, secret_cwd: Path,
                                                                        tiny_sd_folder: Path) -> None:
     names = ["secret/tinycopy", "secret/absent", "./secret/tinycopy", "secret/../secret/tinycopy", "../cwd/secret",
-             str(secret_cwd / "secret" / "tinycopy"), str(tiny_sd_folder)]
+             str(secret_cwd / "secret" / "tinycopy"), str(tiny_sd_folder), "tiny-shapes/../tiny-shapes"]
     answers = []
     for name in names:
         answers.append(refused(client.post("/v1/generate", json={"prompt": "x", **SMALL, "model": name}), "model"))
