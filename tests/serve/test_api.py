@@ -116,7 +116,8 @@ def test_bad_input_is_422_json_naming_each_field(client) -> None:
     bad_sampler = client.post("/v1/generate", json={"prompt": "x", **SMALL, "scheduler": "warp"}).json()["error"]
     assert bad_sampler["fields"][0]["field"] == "scheduler" and "DPM++ 2M" in bad_sampler["fields"][0]["message"]
     not_json = client.post("/v1/generate", content=b"{nope", headers={"content-type": "application/json"})
-    assert not_json.status_code == 400 and not_json.json()["error"]["type"] == "invalid_json"
+    assert not_json.status_code == 422 and not_json.json()["error"]["type"] == "invalid_json"
+    assert [f["field"] for f in not_json.json()["error"]["fields"]] == ["body"]  # not a byte offset
     assert client.get("/v1/jobs").json()["counts"]["queued"] == 0  # nothing was queued
 
 

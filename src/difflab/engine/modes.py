@@ -34,18 +34,14 @@ REFINER_FAMILIES = ("sdxl-refiner", "sdxl")
 # ---- validation at the edge (called by GenerationRequest's validator) ----
 
 def load_image(path: str, field: str, mode: str = "RGB") -> "Image.Image":
-    """The decoded image at ``path``; a ValueError naming ``field`` when it is missing or not an image."""
-    from PIL import Image, UnidentifiedImageError
+    """The decoded image at ``path``; a ValueError naming ``field`` when it is missing, not an image, or larger
+    than width/height may be (engine.image_limits: checked on the file's header, before decoding)."""
+    from difflab.engine.image_limits import decode_bounded
 
     file = Path(path).expanduser()
     if not file.is_file():
         raise ValueError(f"{field}: file {path!r} does not exist")
-    try:
-        with Image.open(file) as image:
-            image.load()  # decode fully: a truncated file fails here, not halfway through a generation
-            return image.convert(mode)
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise ValueError(f"{field}: {path!r} is not a readable image ({error})") from None
+    return decode_bounded(file, field, mode, label=repr(path))
 
 
 def check_request_images(request: "GenerationRequest") -> None:
@@ -77,9 +73,9 @@ def init_image_size(request: "GenerationRequest") -> Optional[tuple[int, int]]:
     """(width, height) of the init image, the default output size of img2img and inpainting."""
     if request.init_image is None:
         return None
-    from PIL import Image
+    from difflab.engine.image_limits import open_bounded
 
-    with Image.open(Path(request.init_image).expanduser()) as image:
+    with open_bounded(Path(request.init_image).expanduser(), "init_image") as image:
         return image.size
 
 
@@ -135,6 +131,12 @@ def check_settings(settings: "Settings") -> None:
         raise ValueError(f"strength: {strength} of {settings.steps} steps leaves no denoising step; "
                          "raise strength or steps")
     if request.hires_scale is not None:
+        from difflab.engine.image_limits import MAX_SIDE
+
+        width, height = hires_size(settings.width, settings.height, request.hires_scale)
+        if width > MAX_SIDE or height > MAX_SIDE:  # the same bound as an explicit width/height
+            raise ValueError(f"hires_scale: {request.hires_scale} makes {width}x{height} images from "
+                             f"{settings.width}x{settings.height}; at most {MAX_SIDE} pixels per side are allowed")
         hires_steps = request.hires_steps or settings.steps
         if denoising_steps(hires_steps, hires_strength_of(request)) < 1:
             raise ValueError(f"hires_strength: {hires_strength_of(request)} of {hires_steps} steps leaves no "

@@ -14,11 +14,11 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from difflab.engine.control import ControlSpec, parse_control
+from difflab.engine.image_limits import MAX_SIDE
 from difflab.engine.schedulers import resolve_sampler
 
 MAX_IMAGES = 64  # per request; a batch file splits bigger jobs into requests
 MAX_STEPS = 1000
-MAX_SIDE = 4096
 MAX_SEED = 2**32 - 1  # A1111 and diffusers seeds fit in 32 bits
 DEFAULT_STRENGTH = 0.75  # A1111's default denoising strength for img2img and inpainting
 DEFAULT_REFINER_SWITCH = 0.8  # the SDXL report's split: the base model denoises the first 80% of the noise levels
@@ -97,20 +97,19 @@ class GenerationRequest(BaseModel):
     def _known_memory_knobs(cls, value):
         from difflab.engine.memory import parse_knobs
 
-        return parse_knobs(value)  # ladder order, no duplicates; names the field when a knob is unknown
+        return parse_knobs(_listed(value))  # ladder order, no duplicates; names the field when a knob is unknown
 
     @field_validator("loras", mode="before")
     @classmethod
     def _lora_specs(cls, value):
         from difflab.engine.lora import parse_lora_spec
 
-        items = [value] if isinstance(value, str) else list(value or ())
-        return tuple(str(parse_lora_spec(str(item))) for item in items)  # canonical "name:weight"
+        return tuple(str(parse_lora_spec(str(item))) for item in _listed(value))  # canonical "name:weight"
 
     @field_validator("controls", mode="before")
     @classmethod
     def _control_specs(cls, value):
-        items = [value] if isinstance(value, (str, dict, ControlSpec)) else list(value or ())
+        items = _listed(value, singles=(str, dict, ControlSpec))
         return tuple(parse_control(item) if isinstance(item, str) else item for item in items)
 
     @field_validator("scheduler")
@@ -147,6 +146,18 @@ class GenerationRequest(BaseModel):
 
         check_request_controls(self)  # control images decode, start < end, no img2img/refiner/hires with them
         return self
+
+
+def _listed(value, singles: tuple[type, ...] = (str,)) -> list:
+    """The items of a list field given as one item, a list or None. ValueError for anything else: these run
+    before pydantic's type checks, and a TypeError from ``list(True)`` would escape as a traceback (an HTTP 500)."""
+    if value is None:
+        return []
+    if isinstance(value, singles):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    raise ValueError(f"must be a list; got {type(value).__name__}")
 
 
 class RequestError(ValueError):

@@ -6,7 +6,8 @@ the images are the same pixels and carry the same metadata. Field names and defa
 seed of -1 draws a random seed the way ``get_fixed_seed`` does, recorded in ``info`` and in the PNG. Two
 deliberate differences: omitted ``steps``/``cfg_scale``/``width``/``height`` take the model's defaults (A1111's
 50 steps and 512x512 would be wrong for most models), and a field that would change the image in a way difflab
-cannot reproduce (``restore_faces``, ``tiling``, variation seeds) is refused with 422 instead of ignored.
+cannot reproduce (``restore_faces``, ``tiling``, variation seeds, ``override_settings`` other than the checkpoint,
+unknown fields) is refused with 422 naming it instead of ignored (``a1111_fields``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from difflab.engine.request import MAX_IMAGES
+from difflab.serve.a1111_fields import check_eta, check_fields, check_override_settings
 from difflab.serve.app import ServerState, server_of
 from difflab.serve.catalog import FieldError
 from difflab.serve.errors import error_response, field_errors
@@ -40,8 +43,8 @@ A1111_NAMES = {"guidance": "cfg_scale", "scheduler": "sampler_name", "n": "batch
 
 
 class Txt2ImgRequest(BaseModel):
-    """The A1111 fields difflab maps; other A1111 fields are accepted and ignored when they are at their
-    defaults (extra="allow" keeps them for that check)."""
+    """The A1111 fields difflab maps; every other field a body carries is kept (extra="allow") for
+    ``a1111_fields.check_fields``, which accepts it only where it cannot change the picture."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -55,26 +58,23 @@ class Txt2ImgRequest(BaseModel):
     scheduler: Optional[str] = None  # A1111 >= 1.9 splits "DPM++ 2M Karras" into sampler + "Karras"
     width: Optional[int] = None
     height: Optional[int] = None
-    batch_size: int = Field(1, ge=1)
-    n_iter: int = Field(1, ge=1)
+    batch_size: int = Field(1, ge=1, le=MAX_IMAGES)
+    n_iter: int = Field(1, ge=1, le=MAX_IMAGES)
     override_settings: dict[str, Any] = Field(default_factory=dict)
     send_images: bool = True
     save_images: bool = False
 
 
-# A1111 fields that change the picture in ways difflab does not implement: refused unless at their default
-UNSUPPORTED_UNLESS_DEFAULT = {"restore_faces": (None, False), "tiling": (None, False), "subseed_strength": (None, 0, 0.0),
-                              "seed_resize_from_w": (None, -1, 0), "seed_resize_from_h": (None, -1, 0),
-                              "enable_hr": (None, False), "refiner_checkpoint": (None, "", "None"),
-                              "script_name": (None, ""), "alwayson_scripts": (None, {})}
-
-
 def to_generation_body(server: ServerState, body: Txt2ImgRequest) -> dict[str, Any]:
     """A1111 fields -> a GenerationRequest body (not yet validated); FieldError for unsupported settings."""
-    extra = body.model_extra or {}
-    for name, defaults in UNSUPPORTED_UNLESS_DEFAULT.items():
-        if name in extra and extra[name] not in defaults:
-            raise FieldError(name, f"is not supported by difflab (send {defaults[-1]!r} or leave it out)")
+    extra = dict(body.model_extra or {})
+    eta = extra.pop("eta", None)
+    check_fields(extra, img2img=hasattr(body, "init_images"))
+    checkpoint = check_override_settings(body.override_settings) or server.a1111_options["sd_model_checkpoint"]
+    n = body.batch_size * body.n_iter  # A1111 draws image i of the whole job with seed + i, as difflab does
+    if n > MAX_IMAGES:  # before the seed is drawn: randrange(2**32 - n) needs a small n
+        raise FieldError("batch_size", f"batch_size x n_iter must be at most {MAX_IMAGES}; got "
+                                       f"{body.batch_size} x {body.n_iter}")
     sampler = body.sampler_name or body.sampler_index
     if body.scheduler not in (None, "", "Automatic", "automatic"):
         if body.scheduler.lower() != "karras":
@@ -82,8 +82,7 @@ def to_generation_body(server: ServerState, body: Txt2ImgRequest) -> dict[str, A
                                           f"schedule, e.g. 'DPM++ 2M Karras'); got {body.scheduler!r}")
         if sampler and not sampler.lower().endswith("karras"):
             sampler = f"{sampler} Karras"
-    checkpoint = body.override_settings.get("sd_model_checkpoint") or server.a1111_options["sd_model_checkpoint"]
-    n = body.batch_size * body.n_iter  # A1111 draws image i of the whole job with seed + i, as difflab does
+    check_eta(eta, sampler)
     seed = body.seed if body.seed != -1 else random.SystemRandom().randrange(2**32 - n)
     return {"prompt": body.prompt, "negative_prompt": body.negative_prompt, "model": checkpoint_name(checkpoint),
             "n": n, "steps": body.steps, "guidance": body.cfg_scale, "seed": seed, "scheduler": sampler,
@@ -179,8 +178,9 @@ def _sd_models(server: ServerState) -> list[dict[str, Any]]:
             continue
         model = resolve_model(server.catalog.model_path("model", entry["name"]))
         hash_ = model_hash(model.path) or None
+        # filename: A1111 gives the checkpoint's path; difflab gives the name a request uses, never a server path
         items.append({"title": f"{entry['name']} [{hash_}]" if hash_ else entry["name"], "model_name": entry["name"],
-                      "hash": hash_, "sha256": None, "filename": str(model.path), "config": None})
+                      "hash": hash_, "sha256": None, "filename": entry["name"], "config": None})
     return items
 
 
@@ -205,11 +205,14 @@ async def set_options(request: Request, options: dict[str, Any]):
     if unknown:
         return error_response(422, "invalid_request", f"{unknown[0]}: is not an option difflab supports",
                               [{"field": name, "message": "is not an option difflab supports"} for name in unknown])
+    title = options.get("sd_model_checkpoint")
     try:
-        server.catalog.model_path("sd_model_checkpoint", checkpoint_name(str(options["sd_model_checkpoint"])))
+        if not isinstance(title, str):
+            raise FieldError("sd_model_checkpoint", f"must be a model name (a string); got {type(title).__name__}")
+        server.catalog.model_path("sd_model_checkpoint", checkpoint_name(title))
     except FieldError as error:
         return a1111_error(error, rename=False)
-    server.a1111_options["sd_model_checkpoint"] = checkpoint_name(str(options["sd_model_checkpoint"]))
+    server.a1111_options["sd_model_checkpoint"] = checkpoint_name(title)
     return None
 
 

@@ -3,20 +3,26 @@
 The CLI trusts its user with any path; a server must not. A request body is untrusted, so before it becomes a
 GenerationRequest the server rewrites its names into paths it chose:
 
-- ``model`` / ``refiner``: a preset (``tiny-shapes``, ``sdxl``, ...), the name of a diffusers folder in the
-  server's ``--models-dir``, or a hub id ``owner/name`` (looked up only in the local Hugging Face cache).
-  A path is refused: ``/etc`` or ``../../x`` must not become something the server opens.
+- ``model`` / ``refiner``: a preset (``tiny-shapes``, ``sdxl``, ...) or the name of a diffusers folder in the
+  server's ``--models-dir``, nothing else. A path is refused, and so is a hub id ``owner/name``: the engine would
+  take ``secret/tinycopy`` for a folder under the server's working directory when one exists (issue 19), and
+  the answer must not depend on what exists on the server.
 - ``init_image`` / ``mask``: a file name inside ``DATA_DIR/inputs`` (where ``POST /v1/inputs`` puts uploads).
 - ``loras``: ``NAME[:WEIGHT]`` with NAME a LoRA in the server's LoRA folder (a file or a peft folder).
 - ``allow_unsafe_pickle`` cannot be switched on through the server: a pickle can run code on it.
 - any other string anywhere in the body that looks like a path leaving its folder (absolute, ``~``, ``..``) is
   refused too, so a field added to GenerationRequest later cannot open a hole by accident.
+
+The other way round, no answer shows a server path: ``without_server_paths`` turns absolute paths in error
+messages into their last component, and ``client_view`` gives a stored request back in the client's names.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Optional
 
@@ -28,6 +34,9 @@ INPUT_FILE_FIELDS = ("init_image", "mask")
 TEXT_FIELDS = ("prompt", "negative_prompt", "scheduler", "long_prompt")  # free text, never opened as files
 _FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}$")
+# an absolute POSIX path (/a/b), a home one (~/a) or a Windows one (C:\a); whether the first component is an entry
+# of the file system's root decides whether it is a path of this machine (see _last_component)
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~/-])(?:~|(?:[A-Za-z]:)?)((?:[/\\]+[^\s'\"/\\:,;()\[\]{}<>|]+)+)[/\\]?")
 _MAX_PATH_LIKE = 1024  # longer strings are data (base64 images), not paths
 
 
@@ -77,7 +86,7 @@ class Catalog:
             name, weight = spec.strip(), ""
         loras = self.loras()
         if name not in loras:
-            choices = ", ".join(loras) or f"none (the LoRA folder {str(self.loras_dir)!r} is empty)"
+            choices = ", ".join(loras) or "none (the server's LoRA folder is empty)"
             raise FieldError(field, f"must be NAME[:WEIGHT] with NAME one of the server's LoRAs: {choices}; "
                                     f"got {spec[:100]!r}")
         return str(loras[name].resolve()) + (f":{weight}" if weight else "")
@@ -98,10 +107,10 @@ class Catalog:
         folders = self.folder_models()
         if name in folders:
             return str(folders[name].resolve())
-        if _HUB_ID.match(name) and not escapes_folder(name) and ".." not in name:
-            return name  # resolve_model looks for it only in the local Hugging Face cache
+        # the same answer whatever the name is (a path, a hub id, a folder that exists somewhere or not)
         choices = ", ".join([*PRESETS, *folders])
-        raise FieldError(field, f"must be one of the server's models ({choices}) or a cached hub id; got {name!r}")
+        raise FieldError(field, f"must be a preset or a model in the server's models folder ({choices}); "
+                                f"got {name[:100]!r}")
 
     def input_path(self, field: str, name: str) -> str:
         if escapes_folder(name) or not _FOLDER_NAME.match(name):
@@ -161,6 +170,62 @@ class Catalog:
             if field not in (*MODEL_FIELDS, *INPUT_FILE_FIELDS, *TEXT_FIELDS, LORA_FIELD, CONTROL_FIELD):
                 _refuse_paths(field, value)
         return body
+
+    def client_view(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A request as stored (with the server's paths) as a client sees it: models, inputs and LoRAs by name."""
+        view, models = {}, {str(path.resolve()): name for name, path in self.folder_models().items()}
+        for field, value in body.items():
+            if field in TEXT_FIELDS:
+                view[field] = value
+            elif field in MODEL_FIELDS and value in models:  # a folder may be a symlink: not its target's name
+                view[field] = models[value]
+            elif field == LORA_FIELD and isinstance(value, (list, tuple)):
+                view[field] = [_lora_name(str(item)) for item in value]
+            else:
+                view[field] = without_server_paths(value)
+        return view
+
+
+def without_server_paths(value: Any) -> Any:
+    """``value`` (a string, or lists/dicts of them) with every absolute path of this machine replaced by its last
+    component: ``'/srv/difflab/data/inputs/ab12.png' is not ...`` -> ``'ab12.png' is not ...``.
+
+    A path is recognised by its first component being an entry of the file system's root (``/tmp``, ``/home``,
+    ...), so API paths in messages (``POST /v1/inputs``) stay as they are."""
+    if isinstance(value, str):
+        return _ABSOLUTE_PATH.sub(_last_component, value) if ("/" in value or "\\" in value) else value
+    if isinstance(value, dict):
+        return {key: without_server_paths(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_server_paths(item) for item in value]
+    return value
+
+
+def _last_component(match: re.Match) -> str:
+    text = match.group(0)
+    parts = [part for part in re.split(r"[/\\]", match.group(1)) if part]
+    windows = len(text) > 1 and text[1] == ":"
+    if not parts or not (windows or text.startswith("~") or parts[0] in _root_entries()):
+        return text
+    return parts[-1]
+
+
+@lru_cache(maxsize=1)
+def _root_entries() -> frozenset[str]:
+    try:
+        return frozenset(os.listdir("/"))
+    except OSError:
+        return frozenset()
+
+
+def _lora_name(spec: str) -> str:
+    """``/server/loras/x.safetensors:0.8`` -> ``x:0.8``, the form a client sends."""
+    path, sep, weight = spec.rpartition(":")
+    if not sep or not _is_number(weight):
+        path, weight = spec, ""
+    name = PurePosixPath(without_server_paths(path)).name
+    name = name.removesuffix(".safetensors")
+    return f"{name}:{weight}" if weight else name
 
 
 def _is_number(text: str) -> bool:

@@ -18,17 +18,19 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
-from difflab.serve.catalog import FieldError
+from difflab.serve.catalog import FieldError, without_server_paths
 from difflab.serve.queue import QueueFull
 
 _NAMED = re.compile(r"^(\w+): (.*)$", re.S)
+_UNPARSABLE_BODY = "There was an error parsing the body"  # fastapi.routing's HTTPException(400) detail
 
 
 def error_response(status: int, kind: str, message: str, fields: Optional[list[dict]] = None,
                    headers: Optional[dict[str, str]] = None) -> JSONResponse:
-    body: dict[str, Any] = {"status": status, "type": kind, "message": message}
+    # every error passes here: no answer shows the server's own paths (issue 19)
+    body: dict[str, Any] = {"status": status, "type": kind, "message": without_server_paths(message)}
     if fields:
-        body["fields"] = fields
+        body["fields"] = [{**item, "message": without_server_paths(item["message"])} for item in fields]
     return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
@@ -66,9 +68,11 @@ def validation_error(error: ValidationError, prefix: str = "") -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _request_validation(request: Request, error: RequestValidationError) -> JSONResponse:
+        invalid_json = [item for item in error.errors() if item.get("type") == "json_invalid"]
+        if invalid_json:  # pydantic's loc is ("body", <byte offset>): the field at fault is the body itself
+            message = f"is not valid JSON ({invalid_json[0].get('ctx', {}).get('error', 'a syntax error')})"
+            return error_response(422, "invalid_json", f"body: {message}", [{"field": "body", "message": message}])
         fields = field_errors(error.errors())
-        if any(item.get("type") == "json_invalid" for item in error.errors()):
-            return error_response(400, "invalid_json", "the request body is not valid JSON", fields)
         return error_response(422, "invalid_request", "; ".join(f"{f['field']}: {f['message']}" for f in fields),
                               fields)
 
@@ -86,6 +90,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, error: HTTPException) -> JSONResponse:
+        if error.status_code == 400 and error.detail == _UNPARSABLE_BODY:  # FastAPI's, e.g. for bytes not UTF-8
+            message = "is not valid JSON (it could not be decoded as UTF-8 JSON)"
+            return error_response(422, "invalid_json", f"body: {message}", [{"field": "body", "message": message}])
         kind = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 409: "conflict",
                 413: "too_large"}.get(error.status_code, "http_error")
         return error_response(error.status_code, kind, str(error.detail), headers=getattr(error, "headers", None))

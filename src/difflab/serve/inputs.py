@@ -40,19 +40,18 @@ def decode_base64(field: str, text: object) -> bytes:
 
 
 def png_of(field: str, data: bytes, mode: str | None = None) -> tuple[bytes, int, int]:
-    """(PNG bytes, width, height) of an image file's bytes; ``mode`` converts it (e.g. "L") first."""
-    from PIL import Image, UnidentifiedImageError
+    """(PNG bytes, width, height) of an image file's bytes; ``mode`` converts it (e.g. "L") first. FieldError
+    naming ``field`` when it is not an image or is larger than width/height may be: the size is read from the
+    header before a pixel is decoded (engine.image_limits), so a small file declaring a huge image costs nothing."""
+    from difflab.engine.image_limits import decode_bounded
 
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()  # decode fully: a truncated file fails here, not in the worker
-            if mode is not None:
-                image = image.convert(mode)
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG")  # re-encoded: what is stored is a plain PNG, whatever was sent
-            return buffer.getvalue(), image.width, image.height
-    except (UnidentifiedImageError, OSError, ValueError):
-        raise FieldError(field, "is not an image PNG, JPEG or WebP can read") from None
+        image = decode_bounded(data, field, mode)  # decoded fully: a truncated file fails here, not in the worker
+    except ValueError as error:
+        raise FieldError(field, str(error).removeprefix(f"{field}: ")) from None
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")  # re-encoded: what is stored is a plain PNG, whatever was sent
+    return buffer.getvalue(), image.width, image.height
 
 
 def store_png(inputs_dir: Path, png: bytes, width: int, height: int) -> StoredInput:

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 
 from difflab.engine.request import GenerationRequest
 from difflab.serve.app import ServerState, server_of
-from difflab.serve.catalog import FieldError
+from difflab.serve.catalog import FieldError, without_server_paths
 from difflab.serve.errors import error_response, field_errors
 from difflab.serve.idempotency import DESCRIPTION as IDEMPOTENCY_KEY_DESCRIPTION
 from difflab.serve.idempotency import HEADER as IDEMPOTENCY_HEADER
@@ -26,7 +26,25 @@ router = APIRouter()
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 _IMAGE_ID = re.compile(r"^([0-9a-f]{32})-(\d{1,3})$")
 _POLL_S = 0.05
-_REQUEST_SCHEMA = GenerationRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+
+
+def _inlined(schema: Any, definitions: Optional[dict] = None) -> Any:
+    """A JSON schema with its ``$defs`` written in place of their ``$ref``s: the OpenAPI document has no
+    components of those names, so a ``$ref`` to one dangles and schema-driven clients (and fuzzers) cannot
+    build a body from it."""
+    if definitions is None and isinstance(schema, dict):
+        definitions = schema.get("$defs", {})
+        schema = {key: value for key, value in schema.items() if key != "$defs"}
+    if isinstance(schema, dict):
+        if "$ref" in schema:
+            return _inlined(definitions[schema["$ref"].rsplit("/", 1)[-1]], definitions)
+        return {key: _inlined(value, definitions) for key, value in schema.items()}
+    if isinstance(schema, list):
+        return [_inlined(item, definitions) for item in schema]
+    return schema
+
+
+_REQUEST_SCHEMA = _inlined(GenerationRequest.model_json_schema())
 
 
 # ---- shared by /v1 and /sdapi/v1 ------------------------------------------------------------------------------
@@ -83,7 +101,9 @@ def job_json(server: ServerState, job: Job) -> dict[str, Any]:
         "id": job.id, "state": job.state, "position": server.store.position(job),
         "progress": {"step": job.step, "steps": job.steps, "fraction": round(fraction, 4)},
         "created": job.created, "started": job.started, "finished": job.finished, "attempts": job.attempts,
-        "cancel_requested": job.cancel_requested, "error": job.error, "request": job.request,
+        # the stored request names the server's files; the client sees its own names (catalog.client_view)
+        "cancel_requested": job.cancel_requested, "error": without_server_paths(job.error),
+        "request": server.catalog.client_view(job.request),
         "images": [{"id": f"{job.id}-{image['index']}", "url": f"/v1/images/{job.id}-{image['index']}",
                     "seed": image["seed"], "index": image["index"]} for image in job.images],
         "links": {"self": f"/v1/jobs/{job.id}", "events": f"/v1/jobs/{job.id}/events"},
