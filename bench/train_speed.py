@@ -1,7 +1,7 @@
 """Training speed: difflab's from-scratch U-Net against diffusers' UNet2DModel, same architecture, same size.
 
     .venv/bin/python bench/train_speed.py [--quick] [--steps 10] [--warmup 3] [--threads 2]
-                                          [--compile none|small|all] [--out bench/results/train-speed.md]
+                                          [--compile none|small|all] [--head-dim N] [--out bench/results/train-speed.md]
 
 Both networks are built in DDPM's CIFAR-10 layout (Ho et al. 2020, appendix B): channel multipliers 1,2,2,2, two
 residual blocks per level, self-attention at 16x16 and in the middle, one head, dropout 0.1, the time embedding as
@@ -47,14 +47,15 @@ BATCH, IMAGE_SIZE, CHANNELS = 64, 32, 3
 PARAMETER_TOLERANCE = 1e-4  # the two libraries' parameter counts must agree within 0.01%
 
 
-def difflab_unet(base: int) -> torch.nn.Module:
+def difflab_unet(base: int, head_dim: int | None) -> torch.nn.Module:
+    heads = 1 if head_dim is None else 2 * base // head_dim  # attention runs on 2 * base channels
     return UNet(UNetConfig(
         image_size=IMAGE_SIZE, in_channels=CHANNELS, out_channels=CHANNELS, base_channels=base,
-        channel_mults=(1, 2, 2, 2), num_res_blocks=2, attention_levels=(1,), attention_heads=1, dropout=0.1,
+        channel_mults=(1, 2, 2, 2), num_res_blocks=2, attention_levels=(1,), attention_heads=heads, dropout=0.1,
     ))
 
 
-def diffusers_unet(base: int) -> torch.nn.Module:
+def diffusers_unet(base: int, head_dim: int | None) -> torch.nn.Module:
     from diffusers import UNet2DModel
 
     return UNet2DModel(
@@ -62,7 +63,7 @@ def diffusers_unet(base: int) -> torch.nn.Module:
         block_out_channels=(base, 2 * base, 2 * base, 2 * base),
         down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=None,  # one head of all the channels, as in DDPM
+        attention_head_dim=head_dim,  # None: one head of all the channels, as in DDPM
         resnet_time_scale_shift="scale_shift",  # difflab's ResBlock: norm(h) * (1 + scale) + shift
         norm_num_groups=32, dropout=0.1,
     )
@@ -103,10 +104,10 @@ class Config:
         return sum(p.numel() for p in self.model.parameters())
 
 
-def build(library: str, size: str, mode: str) -> Config:
+def build(library: str, size: str, mode: str, head_dim: int | None = None) -> Config:
     torch.manual_seed(0)
     base = SIZES[size]
-    model = (difflab_unet if library == "difflab" else diffusers_unet)(base).train()
+    model = (difflab_unet if library == "difflab" else diffusers_unet)(base, head_dim).train()
     if mode == "before issue 25":
         with_transposed_attention(model)
     memory_format = torch.channels_last if mode == "channels_last" else torch.contiguous_format
@@ -176,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", choices=("none", "small", "all"),
                         help="sizes with torch.compile rows (default small; none with --quick)")
     parser.add_argument("--sizes", default="small,large", help="comma-separated: small (~2.41M), large (~9.59M)")
+    parser.add_argument("--head-dim", type=int,
+                        help="attention head size (default: one head, as DDPM; 8 is UNet2DModel's default)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown file to write")
     args = parser.parse_args(argv)
     steps = args.steps if args.steps is not None else (2 if args.quick else 10)
@@ -189,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in sizes if s not in SIZES]
     if unknown or not sizes:
         parser.error(f"--sizes must name some of {', '.join(SIZES)}; got {args.sizes!r}")
+    if args.head_dim is not None and (args.head_dim < 1 or any(2 * SIZES[s] % args.head_dim for s in sizes)):
+        parser.error(f"--head-dim must divide the attention's channels ({', '.join(str(2 * SIZES[s]) for s in sizes)});"
+                     f" got {args.head_dim}")
     torch.set_num_threads(args.threads)
 
     # 1. Build every row; parameter counts must match between the libraries
@@ -198,8 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         if compile_sizes == "all" or compile_sizes == size:
             modes.append("compiled")
         for mode in modes:
-            configs += [build("difflab", size, mode), build("diffusers", size, mode)]
-        configs.append(build("difflab", size, "before issue 25"))
+            configs += [build("difflab", size, mode, args.head_dim), build("diffusers", size, mode, args.head_dim)]
+        configs.append(build("difflab", size, "before issue 25", args.head_dim))
         counts = {c.library: c.parameters for c in configs if c.size == size and c.mode == "eager"}
         ours, theirs = counts["difflab"], counts["diffusers"]
         print(f"{size}: difflab {ours:,} parameters, diffusers {theirs:,} ({(ours - theirs) / theirs:+.4%})",
@@ -238,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         "# Training speed: difflab core U-Net vs diffusers UNet2DModel" + (" (--quick smoke test)" if args.quick else ""),
         "",
         f"DDPM CIFAR-10 layout, {IMAGE_SIZE}x{IMAGE_SIZE}x{CHANNELS}, batch {BATCH}, float32, AdamW; median of "
-        f"{steps} interleaved rounds after {warmup} warm-up rounds; torch {torch.__version__}, "
+        f"{steps} interleaved rounds after {warmup} warm-up rounds; attention "
+        f"{'one head' if args.head_dim is None else f'heads of {args.head_dim} channels'}; torch {torch.__version__}, "
         f"{args.threads} threads, {platform.processor() or platform.machine()} ({os.cpu_count()} CPUs seen), "
         f"load average at the end {', '.join(f'{x:.1f}' for x in os.getloadavg())}.",
         "",
