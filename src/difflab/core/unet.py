@@ -105,9 +105,12 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels, height, width = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(batch, 3, self.heads, channels // self.heads, height * width).unbind(1)
-        # (B, heads, HW, head_dim) for scaled_dot_product_attention
-        attended = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        qkv = self.qkv(self.norm(x)).reshape(batch, 3, self.heads, channels // self.heads, height * width)
+        # (B, 3, heads, head_dim, HW) -> (3, B, heads, HW, head_dim) in one copy, so q, k, v come out contiguous:
+        # on the CPU scaled_dot_product_attention takes its fused (flash) kernel only for contiguous inputs and
+        # falls back to the math path (explicit bmm + softmax, ~2x slower training, issue 25) for transposed views.
+        q, k, v = qkv.permute(1, 0, 2, 4, 3).contiguous().unbind(0)  # each (B, heads, HW, head_dim)
+        attended = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, head_dim)
         attended = attended.transpose(-1, -2).reshape(batch, channels, height, width)
         return x + self.out(attended)
 
