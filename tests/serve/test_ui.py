@@ -5,9 +5,13 @@ headless Chromium (Debian's chromium + chromedriver, driven by Selenium) where t
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 from PIL import Image, PngImagePlugin
 
@@ -136,6 +140,152 @@ def test_png_info_reads_an_a1111_png_and_sends_it_to_txt2img(client, tmp_path: P
     assert filled[:2] == ("a castle on a hill", "fog")
     assert filled[3] == "DPM++ 2M Karras" and filled[4] == 3 and filled[5] == 6.5 and filled[6] == 1234
     assert (filled[7], filled[8]) == (32, 40) and filled[10] == ["style_a:0.7"]
+
+
+def _chromium() -> tuple[str, str] | None:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    return (browser, driver) if browser and driver else None
+
+
+def artifacts_dir() -> Path:
+    """Where the browser tests keep their screenshots: $DIFFLAB_TEST_ARTIFACTS, else tests/artifacts (ignored by
+    git); README's screenshot is the txt2img one."""
+    folder = Path(os.environ.get("DIFFLAB_TEST_ARTIFACTS") or Path(__file__).parents[1] / "artifacts")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+needs_chromium = pytest.mark.skipif(_chromium() is None, reason="needs Debian's chromium and chromium-driver "
+                                                                "(apt-get install chromium chromium-driver)")
+
+
+@pytest.fixture(scope="module")
+def browser(ui_server, tmp_path_factory: pytest.TempPathFactory):
+    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install 'difflab[uitest]')")
+    from selenium.webdriver.chrome.service import Service
+
+    browser_path, driver_path = _chromium()
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser_path
+    # --no-sandbox: CI runs as root; the --disable-*/--no-first-run flags stop Chromium's background connections
+    # (component updates, sync, QUIC, first-run pings), which a machine with no outside network refuses by the
+    # dozen; a fresh profile so no state from another run (or a running browser) is picked up
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}", "--window-size=1280,1100"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
+    yield driver
+    driver.quit()
+
+
+def _open_ui(driver, url: str):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(f"{url}/ui/")
+    wait = WebDriverWait(driver, 180)
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#txt2img_prompt textarea"))
+    # the model list arrives with the page's load event
+    wait.until(lambda d: "tiny" in d.find_element(By.CSS_SELECTOR, "#txt2img_model input").get_attribute("value"))
+    return wait
+
+
+def _type(driver, selector: str, value: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    box = driver.find_element(By.CSS_SELECTOR, selector)
+    box.clear()
+    box.send_keys(value)
+
+
+def _toasts(driver) -> list[str]:
+    from selenium.webdriver.common.by import By
+
+    return [toast.text for toast in driver.find_elements(By.CSS_SELECTOR, ".toast-body, [data-testid=toast-body]")]
+
+
+def _status(driver, tab: str = "txt2img") -> str:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.CSS_SELECTOR, f"#{tab}_status textarea").get_attribute("value")
+
+
+@needs_chromium
+def test_browser_generate_then_click_an_image_shows_its_parameters(ui_server, browser) -> None:
+    """Issue 22: clicking a gallery image showed the toast "'NoneType' object is not subscriptable" and blanked
+    the metadata panel."""
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    wait = _open_ui(driver, ui_server.url)
+    gallery_text = driver.find_element(By.CSS_SELECTOR, "#txt2img_gallery").text
+    assert "Drop" not in gallery_text and "Upload" not in gallery_text  # output only
+    assert driver.find_element(By.CSS_SELECTOR, "#txt2img_sampler input").get_attribute("value") == "model default"
+    assert driver.find_element(By.CSS_SELECTOR, "#txt2img_seed input").get_attribute("value") == "-1"
+    driver.find_element(By.CSS_SELECTOR, "#txt2img_prompt textarea").send_keys("a green square")
+    for field, value in (("steps", "2"), ("width", "32"), ("height", "32"), ("n", "2")):
+        _type(driver, f"#txt2img_{field} input[type=number]", value)
+    _type(driver, "#txt2img_seed input", "77")
+    driver.find_element(By.CSS_SELECTOR, "#txt2img_generate").click()
+    wait.until(lambda d: "done" in _status(d))
+    assert "seed 77, 78" in _status(driver)
+    images = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#txt2img_gallery img"))
+    assert len(images) == 2
+    wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", images[1]))
+    assert driver.execute_script("return arguments[0].naturalWidth", images[1]) == 32
+    # the second image: its own seed (78) must reach the metadata panel
+    images[1].click()
+    metadata = wait.until(lambda d: "Seed: 78" in d.find_element(By.CSS_SELECTOR, "#txt2img_metadata").text
+                          and d.find_element(By.CSS_SELECTOR, "#txt2img_metadata").text)
+    assert "a green square" in metadata
+    time.sleep(1.0)  # an error toast appears a moment after the event's answer
+    assert _toasts(driver) == []
+    driver.save_screenshot(str(artifacts_dir() / "ui-txt2img.png"))
+    # reuse seed: the clicked image's seed goes back in the form
+    driver.find_element(By.CSS_SELECTOR, "#txt2img_reuse_seed").click()
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#txt2img_seed input").get_attribute("value") == "78")
+    driver.find_element(By.CSS_SELECTOR, "#txt2img_random_seed").click()
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#txt2img_seed input").get_attribute("value") == "-1")
+    assert _toasts(driver) == []
+
+
+@needs_chromium
+def test_browser_interrupt_stops_the_running_job(ui_server, browser) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    wait = _open_ui(driver, ui_server.url)
+    driver.find_element(By.CSS_SELECTOR, "#txt2img_prompt textarea").send_keys("a long job")
+    for field, value in (("steps", "150"), ("width", "64"), ("height", "64")):
+        _type(driver, f"#txt2img_{field} input[type=number]", value)
+    driver.find_element(By.CSS_SELECTOR, "#txt2img_generate").click()
+    wait.until(lambda d: re.search(r"step [1-9]\d*/150", _status(d)))
+    driver.find_element(By.CSS_SELECTOR, "#txt2img_interrupt").click()
+    wait.until(lambda d: "interrupted" in _status(d))
+    job_id = re.search(r"job ([0-9a-f]{32})", _status(driver)).group(1)
+    job = httpx.get(f"{ui_server.url}/v1/jobs/{job_id}").json()
+    assert job["state"] == "cancelled" and job["progress"]["step"] < 150
+    assert _toasts(driver) == []
+    driver.save_screenshot(str(artifacts_dir() / "ui-interrupted.png"))
+
+
+@needs_chromium
+def test_browser_history_tab_shows_past_jobs_and_their_parameters(ui_server, browser) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    wait = _open_ui(driver, ui_server.url)
+    tab = next(button for button in driver.find_elements(By.CSS_SELECTOR, "button[role=tab]")
+               if button.text.strip() == "History")
+    tab.click()
+    images = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#history_gallery img"))
+    images[0].click()
+    wait.until(lambda d: "Seed:" in d.find_element(By.CSS_SELECTOR, "#history_metadata").text)
+    time.sleep(1.0)
+    assert _toasts(driver) == []
+    driver.save_screenshot(str(artifacts_dir() / "ui-history.png"))
 
 
 def test_history_lists_finished_jobs_and_survives_a_restart(client, ui_server) -> None:

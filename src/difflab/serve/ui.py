@@ -215,7 +215,7 @@ def build_ui(app: FastAPI):
             c["guidance"] = gr.Slider(0, 20, value=7.5, step=0.5, label="Guidance (CFG)", elem_id=f"{tab}_guidance")
         with gr.Row():
             c["seed"] = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id=f"{tab}_seed", scale=3)
-            dice = gr.Button("🎲", elem_id=f"{tab}_random_seed", scale=0, min_width=40)
+            dice = gr.Button("Random", elem_id=f"{tab}_random_seed", scale=0, min_width=40)
             dice.click(lambda: -1, None, c["seed"])
             c["n"] = gr.Slider(1, 8, value=1, step=1, label="Images", elem_id=f"{tab}_n", scale=3)
         return c
