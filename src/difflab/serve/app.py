@@ -119,6 +119,8 @@ def create_app(config: ServeConfig, *, cache=None, lock_data_dir: bool = True) -
     app.include_router(a1111.router)
     app.include_router(a1111_img2img.router)
     app.state.ui_path = None
+    from difflab.serve.a1111_extras import router as a1111_extras_router  # the rest of /sdapi/v1 (issue 22)
+    app.include_router(a1111_extras_router)
     if config.ui:
         from difflab.serve.ui import UI_PATH, gradio_available, mount_ui
 
