@@ -324,7 +324,7 @@ def applied_embeddings(pipeline, family: str, embeddings: Sequence[ResolvedEmbed
                                  f"{tokenizer.model_max_length - 2}")
             names = token_names(embedding.token, vectors.shape[0])
             for name in names:
-                if _is_word(tokenizer, vocab, lowered, name):
+                if is_known_word(tokenizer, vocab, lowered, name):
                     raise ValueError(f"{FIELD}: the token {name!r} ({embedding.file.name}) is already a word of the "
                                      "model's tokenizer; give the embedding another token as FILE:TOKEN")
             items.append((names, vectors))
@@ -340,7 +340,7 @@ def applied_embeddings(pipeline, family: str, embeddings: Sequence[ResolvedEmbed
             if extended is None:
                 extended = copy.deepcopy(tokenizer)
                 extended.add_tokens([name for names, _ in items for name in names])
-                setattr(extended, _MARK, {names[0].lower(): names for names, _ in items})
+                mark(extended, [names for names, _ in items])
                 copies[id(tokenizer)] = extended
             encoder = getattr(pipeline, encoder_name)
             base = encoder.get_input_embeddings()
@@ -357,7 +357,7 @@ def applied_embeddings(pipeline, family: str, embeddings: Sequence[ResolvedEmbed
             setattr(pipeline, name, original)
 
 
-def _is_word(tokenizer, vocab: dict, lowered: set, name: str) -> bool:
+def is_known_word(tokenizer, vocab: dict, lowered: set, name: str) -> bool:
     """Whether ``name`` already means something to the tokenizer: a vocabulary entry (diffusers' check) or a
     whole word that tokenises to one known token (CLIP stores words as "red</w>", which diffusers' check misses;
     the embedding would silently replace that word in every prompt)."""
@@ -390,6 +390,11 @@ class ExtendedEmbedding(torch.nn.Module):
         if not bool(hit.any()):
             return hidden
         return torch.where(hit.unsqueeze(-1), self.table[match.int().argmax(-1)], hidden)
+
+
+def mark(tokenizer, token_lists: Sequence[list[str]]) -> None:
+    """Tell ``expand`` (and prompt_weighting) which tokens of ``tokenizer`` (a copy) are embeddings."""
+    setattr(tokenizer, _MARK, {names[0].lower(): list(names) for names in token_lists})
 
 
 def active(tokenizer) -> bool:
