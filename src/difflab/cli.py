@@ -410,6 +410,9 @@ def generate(
                                                  "Real-ESRGAN .safetensors file (path, or name in $DIFFLAB_UPSCALER_DIR)."),
     vae: Optional[str] = typer.Option(None, "--vae", help="Another VAE: an AutoencoderKL folder or .safetensors "
                                       "file, or a name in $DIFFLAB_VAE_DIR (default ./vae)."),
+    embedding: list[str] = typer.Option([], "--embedding", help="FILE[:TOKEN], repeatable: a textual inversion "
+                                        "embedding (.safetensors) used as TOKEN [default: its own]; files in "
+                                        "$DIFFLAB_EMBEDDINGS_DIR (default ./embeddings) load when their name is in a prompt."),
     clip_skip: Optional[int] = typer.Option(None, "--clip-skip", help="A1111's Clip skip: 1 = the text encoder's "
                                             "last layer, 2 = the one before it (SD 1.x, SDXL)."),
     long_prompt: str = typer.Option("chunk", help="Prompts over the text encoder's token limit: 'chunk' "
@@ -431,7 +434,7 @@ def generate(
                             mask=str(mask) if mask else None, refiner=refiner, refiner_switch=refiner_switch,
                             hires_scale=hires_scale, hires_strength=hires_strength, hires_steps=hires_steps,
                             hires_upscaler=hires_upscaler,
-                            long_prompt=long_prompt, clip_skip=clip_skip, vae=vae, memory=memory,
+                            long_prompt=long_prompt, clip_skip=clip_skip, vae=vae, memory=memory, embeddings=embedding,
                             allow_unsafe_pickle=allow_unsafe_pickle,
                             controls=controls_from_options(control, control_model), control_start=control_start,
                             control_end=control_end)

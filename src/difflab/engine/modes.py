@@ -190,6 +190,11 @@ def infotext_settings(settings: "Settings") -> dict[str, Any]:
 
         vae = resolve_vae(request.vae)
         values["VAE hash"], values["VAE"] = weights_hash(vae.weights), vae.name
+    from difflab.engine.embeddings import resolve_embeddings, ti_hashes
+
+    embeddings = resolve_embeddings(request)
+    if embeddings:  # A1111: TI hashes: "name: <sha256[:12]>, ..."
+        values["TI hashes"] = ti_hashes(embeddings)
     if settings.guidance_end < 1:
         values["Guidance end"] = settings.guidance_end  # difflab's key: A1111 has no guidance interval
     if request.init_image is not None:
@@ -225,6 +230,11 @@ def record_settings(settings: "Settings") -> dict[str, Any]:
 
         vae = resolve_vae(request.vae)
         values["vae"] = {"name": vae.name, "path": str(vae.path.resolve()), "sha256": file_sha256(str(vae.weights))}
+    from difflab.engine import embeddings
+
+    used = embeddings.resolve_embeddings(request)
+    if used:  # the request's and the folder's embeddings, by path and full SHA-256
+        values["embeddings"] = embeddings.record(used)
     if request.refiner is not None:
         values["refiner"], values["refiner_switch"] = request.refiner, refiner_switch_of(request)
     if request.hires_scale is not None:

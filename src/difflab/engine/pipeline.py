@@ -221,6 +221,10 @@ def _draw(requests: list[GenerationRequest], cache: PipelineCache, on_step, prev
     from difflab.engine.vae import applied_vae, resolve_vae
 
     vae = resolve_vae(request.vae) if request.vae is not None else None  # a missing VAE fails before any load
+    from difflab.engine.embeddings import applied_embeddings, check_family, resolve_for
+
+    embeddings = resolve_for(requests)  # files read, pickles refused, tokens checked: before any weights load
+    check_family(model.family, embeddings)
     for other in requests[1:]:
         pipeline_kwargs(Settings.of(other, model), [])  # each request's own negative-prompt check
     pipeline, original_scheduler = cache.get(model)
@@ -251,7 +255,8 @@ def _draw(requests: list[GenerationRequest], cache: PipelineCache, on_step, prev
             return modes.generate(pipeline, settings, fresh, cache, on_step, previews,
                                   group=requests if together else ())
 
-    with applied_loras(pipeline, loras), applied_vae(pipeline, vae_module):  # this request only, even on failure
+    with applied_loras(pipeline, loras), applied_vae(pipeline, vae_module), \
+            applied_embeddings(pipeline, model.family, embeddings):  # this request only, even on failure
         images = memory.call_with_oom_retry(draw, pipeline, request.memory, cache.placement.device, notes=notes)
     seconds = time.perf_counter() - started
     places = merged.layout(requests)

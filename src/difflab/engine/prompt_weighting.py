@@ -29,6 +29,8 @@ from typing import Any, Optional
 
 import torch
 
+from difflab.engine.embeddings import active as embeddings_active, expand
+
 EMPHASIS = 1.1  # A1111's multiplier for one level of ( ) or [ ]
 COMMA_BACKTRACK = 20  # A1111's default "comma_padding_backtrack"
 CLIP_FAMILIES = ("sd", "sdxl", "sdxl-refiner")
@@ -111,6 +113,7 @@ def chunk_tokens(tokenizer, text: str, *, truncate: bool = False, field: str = "
                 pieces.append((ids, weights))
                 ids, weights, last_comma = [], [], -1
             continue
+        part = expand(tokenizer, part)  # a multi-vector embedding's token -> its tokens, each with the weight
         for token in tokenizer(part, add_special_tokens=False, truncation=False)["input_ids"]:
             if token == comma:
                 last_comma = len(ids)
@@ -243,7 +246,9 @@ def prompt_arguments(pipe, family: str, request) -> dict[str, Any]:
                           "passed to its text encoders as text", UserWarning, stacklevel=2)
         return plain
     tokenizer = pipe.tokenizer if getattr(pipe, "text_encoder", None) is not None else pipe.tokenizer_2
-    if clip_skip == 1 and not any(needs_weighting(tokenizer, text) for text in (request.prompt, request.negative_prompt)):
+    # with textual inversion embeddings applied (engine/embeddings.py), difflab encodes every prompt itself: it
+    # expands multi-vector tokens in any case and under weights, where diffusers' expansion is case-sensitive
+    if clip_skip == 1 and not embeddings_active(tokenizer) and not any(needs_weighting(tokenizer, text) for text in (request.prompt, request.negative_prompt)):
         return plain
     truncate = request.long_prompt == "truncate"
     with torch.no_grad():

@@ -71,6 +71,10 @@ class GenerationRequest(BaseModel):
     allow_unsafe_pickle: bool = Field(False, description="load .ckpt/.pt/.bin model files (pickles can run code)")
     loras: tuple[str, ...] = Field((), max_length=8, description="LoRAs as NAME_OR_PATH[:WEIGHT], combined "
                                    "with their weights (engine/lora.py)")
+    embeddings: tuple[str, ...] = Field((), max_length=16, description="textual inversion embeddings as "
+                                        "FILE[:TOKEN] (a .safetensors file, or a name in $DIFFLAB_EMBEDDINGS_DIR); "
+                                        "the folder's embeddings also load when their token is in a prompt "
+                                        "(engine/embeddings.py)")
     # ControlNet (engine/control.py, control_run.py): several controls = multi-ControlNet, residuals summed
     controls: tuple[ControlSpec, ...] = Field((), max_length=MAX_CONTROLS, description="ControlNets: "
                                               "KIND:IMAGE[:SCALE] strings or {kind, image, scale, model, low, high}")
@@ -105,6 +109,14 @@ class GenerationRequest(BaseModel):
         from difflab.engine.lora import parse_lora_spec
 
         return tuple(str(parse_lora_spec(str(item))) for item in _listed(value))  # canonical "name:weight"
+
+    @field_validator("embeddings", mode="before")
+    @classmethod
+    def _embedding_specs(cls, value):
+        from difflab.engine.embeddings import parse_embedding_spec
+
+        items = [value] if isinstance(value, str) else list(value or ())
+        return tuple(str(parse_embedding_spec(str(item))) for item in items)
 
     @field_validator("controls", mode="before")
     @classmethod

@@ -205,3 +205,5 @@ def controlnet(
             typer.echo(str(out / CONTROLNET_DIR))
 
     run()
+
+from difflab import embedding_cli  # noqa: E402,F401  (registers "train embedding" on train_app)
