@@ -205,3 +205,19 @@ def test_every_ref_in_the_openapi_schema_resolves(client) -> None:
         for part in ref.removeprefix("#/").split("/"):
             assert part in target, f"{ref} dangles"
             target = target[part]
+
+
+@pytest.mark.parametrize("field,value,where", [
+    ("vae", "secret/tinycopy/vae", "vae"),
+    ("vae", "/etc/passwd", "vae"),
+    ("hires_upscaler", "./x.safetensors", "hires_upscaler"),
+    ("embeddings", ["ok-name", "secret/tok.safetensors:tok"], "embeddings.1"),
+])
+def test_vae_upscaler_and_embeddings_are_names_only_through_the_server(client, secret_cwd, field, value,
+                                                                       where) -> None:
+    """The engine takes these as paths on the command line; through the server a path would reach the server's
+    working directory, so only names (looked up in the engine's own folders) are accepted."""
+    body = {"prompt": "a red circle", "steps": 2, field: value}
+    if field == "hires_upscaler":
+        body["hires_scale"] = 2
+    refused(client.post("/v1/generate", json=body), where)

@@ -31,6 +31,9 @@ LORA_FIELD = "loras"
 CONTROL_FIELD = "controls"
 REFUSED_IF_TRUE = {"allow_unsafe_pickle": "is not allowed through the server (unpickling can run code)"}
 INPUT_FILE_FIELDS = ("init_image", "mask")
+# files the engine looks up by name in its own folders ($DIFFLAB_VAE_DIR, $DIFFLAB_UPSCALER_DIR,
+# $DIFFLAB_EMBEDDINGS_DIR) and would otherwise also take as paths: through the server, names only
+NAME_ONLY_FIELDS = ("vae", "hires_upscaler", "embeddings")
 TEXT_FIELDS = ("prompt", "negative_prompt", "scheduler", "long_prompt")  # free text, never opened as files
 _FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}$")
@@ -155,6 +158,14 @@ class Catalog:
         for field, message in REFUSED_IF_TRUE.items():
             if body.get(field):
                 raise FieldError(field, message)
+        for field in NAME_ONLY_FIELDS:
+            values = body.get(field)
+            for index, value in enumerate(values if isinstance(values, (list, tuple)) else [values]):
+                if isinstance(value, str) and not _is_bare_name(value.rpartition(":")[0] or value
+                                                                if field == "embeddings" else value):
+                    where = f"{field}.{index}" if isinstance(values, (list, tuple)) else field
+                    raise FieldError(where, "give a name from the server's folder, not a path; "
+                                            f"got {value[:100]!r}")
         loras = body.get(LORA_FIELD)
         if isinstance(loras, str):
             loras = [part for part in loras.split(",") if part.strip()]
@@ -234,6 +245,11 @@ def _is_number(text: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+def _is_bare_name(value: str) -> bool:
+    """A name, never a path: no folder separators, no leading '.' or '~'."""
+    return bool(value) and not any(c in value for c in "/\\\x00") and not value.startswith((".", "~"))
 
 
 def _refuse_paths(field: str, value: Any) -> None:
