@@ -23,7 +23,10 @@ def merge_command(
                              "a .safetensors file. Never overwritten."),
 ) -> None:
     """Merge two or three checkpoints as A1111's checkpoint merger does; the recipe goes into the file metadata."""
-    from difflab.cli import fail, progress_bar
+    from difflab.cli import check_output, fail, progress_bar, quiet_libraries
+
+    check_output(out, kind="file" if out.suffix == ".safetensors" else "folder")
+    quiet_libraries()
 
     try:
         from difflab.engine.merge import MergeRecipe, merge_models

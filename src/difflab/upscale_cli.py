@@ -24,7 +24,9 @@ def upscale_command(
 ) -> None:
     """Upscale images with a resampler or an ESRGAN-family network, tiled; the PNG keeps the input's parameters and
     adds A1111's "Postprocess upscaler" and "Postprocess upscale by"."""
-    from difflab.cli import fail, progress_bar
+    from difflab.cli import fail, progress_bar, quiet_libraries
+
+    quiet_libraries()
 
     try:
         from difflab.engine.upscalers.extras import check_inputs, upscale_files

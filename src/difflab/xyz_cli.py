@@ -38,7 +38,10 @@ def xyz_command(
                              "Re-running into it draws only the missing cells."),
 ) -> None:
     """An X/Y/Z plot (A1111's): every combination of two or three axes of request fields, one labelled grid."""
-    from difflab.cli import fail, progress_bar
+    from difflab.cli import check_output, fail, progress_bar, quiet_libraries
+
+    check_output(out)
+    quiet_libraries()
 
     try:
         from difflab.engine.registry import check_scheduler_fits, resolve_model

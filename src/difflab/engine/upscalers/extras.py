@@ -19,11 +19,11 @@ def check_inputs(images: Sequence[Path], scale: float, out: Path) -> None:
         if max(width, height) * scale > MAX_OUTPUT_SIDE:
             raise ValueError(f"images: {str(path)!r} is {width}x{height}; x{scale:g} would be over "
                              f"{MAX_OUTPUT_SIDE} pixels a side")
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out: {str(out)!r} is a file, not a folder")
-    existing = next((p for p in [out, *out.parents] if p.exists()), None)
-    if existing is None or not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"--out: {str(out)!r} cannot be created here (no write permission)")
+    from difflab.output_files import output_problem  # tries a file: os.access says yes to root everywhere
+
+    problem = output_problem(out, "folder")
+    if problem is not None:
+        raise ValueError(f"--out {str(out)!r} {problem}")
 
 
 def image_size(path: Path, field: str) -> tuple[int, int]:
