@@ -3,8 +3,9 @@ PNG Info, skip, refreshes and memory, with the JSON shapes of A1111's ``modules/
 Lora extension for ``/loras``).
 
 difflab scans its model and LoRA folders on every request, so the refresh endpoints have nothing to do and answer
-``null`` as A1111 does. There is no VAE picker (a model's own VAE is used), so ``/sd-vae`` lists none; the only
-upscaler is the hires fix's Lanczos; schedules are part of difflab's sampler names, so ``/schedulers`` lists the
+``null`` as A1111 does. ``/sd-vae`` lists the VAEs in the engine's VAE folder (``$DIFFLAB_VAE_DIR``, names a
+request's ``vae`` takes) and ``/upscalers`` the resamplers and the ESRGAN-family files in ``$DIFFLAB_UPSCALER_DIR``
+(names ``hires_upscaler`` takes); schedules are part of difflab's sampler names, so ``/schedulers`` lists the
 two that txt2img's ``scheduler`` field accepts (Automatic, Karras).
 """
 
@@ -23,7 +24,6 @@ from difflab.serve.errors import error_response
 router = APIRouter(prefix="/sdapi/v1", tags=["a1111"])
 
 # A1111 lists "None" (keep the image as it is) and its built-in Lanczos; difflab's hires fix upscales with Lanczos
-UPSCALERS = ("None", "Lanczos")
 # name, label, default_rho: the schedules txt2img/img2img's "scheduler" accepts (a1111.to_generation_body)
 SCHEDULERS = (("automatic", "Automatic", -1), ("karras", "Karras", 7.0))
 
@@ -66,14 +66,20 @@ async def refresh_checkpoints() -> None:
 
 @router.get("/upscalers")
 async def upscalers() -> list[dict[str, Any]]:
-    return [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
-            for name in UPSCALERS]
+    from difflab.engine.upscalers.registry import RESAMPLERS, upscaler_names
+
+    # A1111 lists "None" first; model_path stays None: no answer shows a server path
+    names = ["None", *(n for n in upscaler_names() if n != "None")]
+    return [{"name": name, "model_name": None if name in RESAMPLERS else name, "model_path": None, "model_url": None,
+             "scale": 4} for name in names]
 
 
 @router.get("/sd-vae")
 async def sd_vae() -> list[dict[str, Any]]:
-    """No separate VAEs: each model decodes with its own."""
-    return []
+    """The VAEs a request's ``vae`` can name (A1111's ``model_name`` / ``filename``; no server paths)."""
+    from difflab.engine.vae import vae_names
+
+    return [{"model_name": name, "filename": name} for name in vae_names()]
 
 
 @router.get("/schedulers")
