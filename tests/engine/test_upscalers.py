@@ -208,7 +208,7 @@ def test_upscale_command_writes_new_files_with_a1111_postprocessing(tmp_path: Pa
         assert image.text["postprocessing"] == "Postprocess upscale by: 3, Postprocess upscaler: 2x-compact"
     for arguments, message in ((["-u", "no-such"], "--upscaler must be one of Lanczos, Nearest, None, 2x-compact"),
                                (["-u", "Lanczos", "--scale", "20"], "--scale must be in [1, 8]"),
-                               (["-u", "Lanczos", "-o", str(source)], "--out:")):
+                               (["-u", "Lanczos", "-o", str(source)], "--out")):
         result = runner.invoke(app, ["upscale", str(source), *arguments])
         assert result.exit_code == 2 and message in result.output, result.output
 
