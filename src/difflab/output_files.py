@@ -11,14 +11,15 @@ their images: the one that loses a name takes the next number.
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
+
+from difflab.io.atomic import atomic_write_bytes, write_new_file
 
 RESCUE_DIR_ENV = "DIFFLAB_RESCUE_DIR"
 # names whose first dash-separated part is a number count for the sequence, as in A1111 ("00012-1234.png");
@@ -53,57 +54,15 @@ def next_number(folder: Path, basename: str = "") -> int:
 def write_new_image(folder: Path, seed: int, data: bytes, basename: str = "") -> Path:
     """Write ``data`` under the next free number and return its path; never replaces a file. The bytes go to a
     temporary file first, so a reader never sees half an image and a failed write leaves nothing behind."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=folder, prefix=".difflab-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, 0o644)  # mkstemp makes 0600 files; images are meant to be shared
-        number = next_number(folder, basename)
-        while True:
-            path = folder / image_name(number, seed, basename)
-            try:
-                _claim(temporary, path)
-                return path
-            except FileExistsError:  # another process took this number between our scan and our claim
-                number = max(number + 1, next_number(folder, basename))
-    finally:
-        Path(temporary).unlink(missing_ok=True)
+    return write_new_file(folder, data, _image_names(Path(folder), seed, basename))
 
 
-def _claim(temporary: str, path: Path) -> None:
-    """Give ``temporary``'s content the name ``path``, atomically, failing with FileExistsError if it exists."""
-    try:
-        os.link(temporary, path)  # atomic and exclusive: fails if the name exists
-        return
-    except FileExistsError:
-        raise
-    except OSError as error:
-        if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
-            raise
-    # a file system without hard links (FAT, some network shares): reserve the name exclusively, then move the
-    # finished file over the empty reservation; a reader may see the empty file for a moment, never another's
-    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-    os.replace(temporary, path)
-
-
-def replace_file(path: Path, data: bytes) -> None:
-    """Write a file of a fixed name (a report, a figure the user named), replacing it atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
+def _image_names(folder: Path, seed: int, basename: str) -> Iterator[str]:
+    """The next free number's name, then, each time another process took it first, the next one."""
+    number = next_number(folder, basename)
+    while True:
+        yield image_name(number, seed, basename)
+        number = max(number + 1, next_number(folder, basename))
 
 
 @dataclass(eq=False)  # exceptions stay hashable
@@ -181,14 +140,14 @@ def save_named_files(folder: Path, files: dict[str, bytes]) -> list[Path]:
     names = list(files)
     for position, name in enumerate(names):
         try:
-            replace_file(folder / name, files[name])
+            atomic_write_bytes(folder / name, files[name])
             written.append(folder / name)
         except OSError as failure:
             error = OutputWriteError(folder, name, failure.strerror or str(failure), written,
                                      pending=len(names) - position)
 
             def write(target: Path, item: str) -> Path:
-                replace_file(target / item, files[item])
+                atomic_write_bytes(target / item, files[item])
                 return target / item
 
             raise _rescue(write, names[position:], error) from failure

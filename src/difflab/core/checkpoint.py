@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from difflab.core.process import PREDICTIONS, Prediction
+from difflab.io.atomic import atomic_write_bytes, temporary_beside  # noqa: F401  (atomic_write_bytes: imported from here across the package)
 from difflab.core.schedules import NoiseSchedule
 from difflab.core.unet import UNet, UNetConfig
 
@@ -93,30 +93,8 @@ class LoadedModel:
     path: Path
 
 
-def _temporary_beside(path: Path) -> tuple[int, str]:
-    """A temporary file in ``path``'s folder (so the final rename is atomic), readable like a normal file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; outputs and checkpoints are meant to be shared
-    return fd, tmp
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path`` and rename it over: readers never see half a file."""
-    fd, tmp = _temporary_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    fd, tmp = _temporary_beside(path)
+    fd, tmp = temporary_beside(path)
     os.close(fd)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)

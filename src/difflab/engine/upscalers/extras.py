@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -51,6 +50,7 @@ def upscale_files(images: Sequence[Path], upscaler, scale: float, out: Path, *, 
     from PIL import Image, PngImagePlugin
 
     from difflab.engine.upscalers.registry import upscale
+    from difflab.io.atomic import write_new_file
     from difflab.viz.grid import png_bytes
 
     out.mkdir(parents=True, exist_ok=True)
@@ -66,23 +66,12 @@ def upscale_files(images: Sequence[Path], upscaler, scale: float, out: Path, *, 
             if isinstance(value, str) and key != "postprocessing":
                 info.add_text(key, value)
         info.add_text("postprocessing", f"Postprocess upscale by: {scale:g}, Postprocess upscaler: {upscaler.name}")
-        written.append(write_new(out, Path(path).stem + "-upscaled", png_bytes(result, pnginfo=info)))
+        stem = Path(path).stem + "-upscaled"  # NAME-upscaled.png, then NAME-upscaled-1.png, ...: never replaced
+        names = (f"{stem}.png" if counter == 0 else f"{stem}-{counter}.png" for counter in range(10_000))
+        try:
+            written.append(write_new_file(out, png_bytes(result, pnginfo=info), names))
+        except FileExistsError:
+            raise ValueError(f"--out: {str(out)!r} already holds 10000 files named {stem}-N.png") from None
         if on_image is not None:
             on_image(done)
     return written
-
-
-def write_new(folder: Path, stem: str, data: bytes) -> Path:
-    """``folder/stem.png``, or ``stem-1.png``, ... : the first name not taken, claimed atomically (never replaced)."""
-    from difflab.core.checkpoint import atomic_write_bytes
-
-    for counter in range(10_000):
-        path = folder / (f"{stem}.png" if counter == 0 else f"{stem}-{counter}.png")
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)  # claim the name
-        except FileExistsError:
-            continue
-        os.close(fd)
-        atomic_write_bytes(path, data)  # the claimed empty file is replaced by the whole PNG at once
-        return path
-    raise ValueError(f"--out: {str(folder)!r} already holds 10000 files named {stem}-N.png")
