@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 import os
 import re
 from contextlib import contextmanager
@@ -80,7 +79,9 @@ class ResolvedEmbedding:
 
     @property
     def sha256(self) -> str:
-        return _file_sha256(str(self.file), self.file.stat().st_mtime_ns)
+        from difflab.io.hashing import cached_file_sha256
+
+        return cached_file_sha256(self.file)
 
     @property
     def short_hash(self) -> str:
@@ -258,15 +259,6 @@ def _layout(state, path: str) -> tuple[Optional[str], dict]:
     keys = ", ".join(sorted(map(str, state))[:6])
     raise ValueError(f"{FIELD}: {path!r}: not a textual inversion embedding (keys {keys}; expected emb_params, "
                      "clip_l/clip_g, string_to_param, or one token: tensor)")
-
-
-@functools.lru_cache(maxsize=64)
-def _file_sha256(path: str, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---- applying to a pipeline ----

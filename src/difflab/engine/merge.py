@@ -131,14 +131,6 @@ def as_single_file(source: WeightSource, scratch: Path, option: str) -> WeightSo
     return open_source(file, option)
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def legacy_hash(path: Path) -> str:
     """A1111's old 8-digit model hash: SHA-256 of 64 KiB read at offset 1 MiB (``modules/hashes.py`` model_hash)."""
     with open(path, "rb") as handle:
@@ -159,7 +151,9 @@ def _main_weights(source: WeightSource) -> Path:
 
 def merge_metadata(recipe: MergeRecipe, sources: list[WeightSource]) -> dict[str, str]:
     """A1111's ``sd_merge_recipe`` and ``sd_merge_models`` (and difflab's own copy of the recipe)."""
-    hashes = [sha256_of(_main_weights(source)) for source in sources]
+    from difflab.io.hashing import file_sha256
+
+    hashes = [file_sha256(_main_weights(source)) for source in sources]
     merge_recipe = {
         "type": "difflab", "primary_model_hash": hashes[0], "secondary_model_hash": hashes[1],
         "tertiary_model_hash": hashes[2] if len(hashes) > 2 else None,

@@ -15,6 +15,8 @@ VAE round trip would otherwise blur the part of the image the user asked to keep
 from __future__ import annotations
 
 from pathlib import Path
+
+from difflab.io.hashing import file_sha256  # noqa: F401  (imported from here by batch, replay, control_run)
 from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Sequence
 
 from difflab.engine.request import DEFAULT_HIRES_STRENGTH, DEFAULT_REFINER_SWITCH, DEFAULT_STRENGTH
@@ -165,16 +167,6 @@ def check_request_settings(request: "GenerationRequest") -> None:
 
 # ---- metadata ----
 
-def file_sha256(path: str) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(Path(path).expanduser(), "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def infotext_settings(settings: "Settings") -> dict[str, Any]:
     """A1111 infotext keys for the mode: "Denoising strength" (img2img, or the hires pass as A1111's txt2img writes
     it), "Hires upscale/steps/upscaler", plus difflab's "Init image hash", "Mask hash", "Refiner", "Refiner switch at".
@@ -227,9 +219,10 @@ def record_settings(settings: "Settings") -> dict[str, Any]:
         values["strength"] = strength_of(request)
     if request.vae is not None:
         from difflab.engine.vae import resolve_vae
+        from difflab.io.hashing import cached_file_sha256  # the infotext's "VAE hash" hashed it already
 
         vae = resolve_vae(request.vae)
-        values["vae"] = {"name": vae.name, "path": str(vae.path.resolve()), "sha256": file_sha256(str(vae.weights))}
+        values["vae"] = {"name": vae.name, "path": str(vae.path.resolve()), "sha256": cached_file_sha256(vae.weights)}
     from difflab.engine import embeddings
 
     used = embeddings.resolve_embeddings(request)

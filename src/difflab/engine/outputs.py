@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import platform
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,9 @@ def model_hash(path: Path) -> str:
 def weights_hash(file: Path) -> str:
     """A1111's short hash of one weights file (the first 10 hex digits of its SHA-256), for models and
     ControlNets alike; cached per (path, modification time)."""
-    return _sha256_prefix(str(file), file.stat().st_mtime_ns)
+    from difflab.io.hashing import cached_file_sha256
+
+    return cached_file_sha256(file)[:10]
 
 
 def _weights_file(path: Path) -> Path | None:
@@ -34,15 +34,6 @@ def _weights_file(path: Path) -> Path | None:
         candidates = sorted(path.glob("unet/*.safetensors")) or sorted(path.glob("transformer/*.safetensors"))
         return candidates[0] if candidates else None
     return path
-
-
-@functools.lru_cache(maxsize=32)
-def _sha256_prefix(path: str, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:10]
 
 
 def a1111_settings(settings: Settings, seed: int, hash_: str) -> dict[str, Any]:
