@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
+from difflab.io.paths import available_hint, looks_like_path, within
+
 import torch
 
 FIELD = "embeddings"
@@ -124,13 +126,12 @@ def folder_embeddings(folder: Optional[Path] = None) -> dict[str, Path]:
     if not folder.is_dir():
         return {}
     found: dict[str, Path] = {}
-    root = folder.resolve()
     for path in sorted(folder.rglob("*")):
         if any(part.startswith(".") for part in path.relative_to(folder).parts) or not path.is_file():
             continue
         if path.suffix.lower() not in (SAFE_SUFFIX, *PICKLE_SUFFIXES) or not _TOKEN.match(path.stem):
             continue
-        if path.resolve().is_relative_to(root):  # no symlinks out of the folder
+        if within(path, folder):  # no symlinks out of the folder
             found.setdefault(path.stem.lower(), path)
     return found
 
@@ -177,7 +178,7 @@ def _word(token: str) -> re.Pattern:
 
 def _locate(source: str, folder: Path) -> Path:
     path = Path(source).expanduser()
-    if path.is_absolute() or "/" in source or "\\" in source or source.startswith(".") or path.suffix:
+    if looks_like_path(source) or path.suffix:
         if not path.is_file():
             if path.suffix or not (folder / source).is_file():
                 raise ValueError(f"{FIELD}: {source!r}: no such file")
@@ -185,9 +186,8 @@ def _locate(source: str, folder: Path) -> Path:
         return path
     named = folder_embeddings(folder).get(source.lower())
     if named is None:
-        known = sorted(folder_embeddings(folder))
-        hint = f"; available: {', '.join(known)}" if known else f" (the folder {str(folder)!r} holds none)"
-        raise ValueError(f"{FIELD}: {source!r}: not found in the embeddings folder {str(folder)!r}{hint}")
+        raise ValueError(f"{FIELD}: {source!r}: not found in the embeddings folder {str(folder)!r}"
+                         f"{available_hint(sorted(folder_embeddings(folder)), folder)}")
     return named
 
 

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
+from difflab.io.paths import available_hint, looks_like_path, within
+
 DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' save_lora_weights default
 KOHYA_WEIGHT_NAME = "lora_kohya.safetensors"  # difflab's kohya export beside it
 PEFT_WEIGHT_NAME, PEFT_CONFIG_NAME = "adapter_model.safetensors", "adapter_config.json"
@@ -119,23 +121,20 @@ def resolve_lora(spec: LoraSpec | str, folder: Optional[Path] = None, *, allow_p
     folder = lora_dir() if folder is None else Path(folder)
     source = spec.source
     path = Path(source).expanduser()
-    looks_like_path = path.is_absolute() or "/" in source or "\\" in source or source.startswith(".")
-    if looks_like_path:
+    if looks_like_path(source):
         if not allow_paths:
             raise LoraError(f"lora {source!r}: give a name from the LoRA folder, not a path")
         if not path.exists():
             raise LoraError(f"lora {source!r}: no such file or folder")
         return _resolved(path, spec.weight, source)
-    root = folder.resolve()
     for candidate in (folder / source, folder / f"{source}.safetensors"):
         if candidate.exists():
-            if not candidate.resolve().is_relative_to(root):  # a symlink pointing outside
+            if not within(candidate, folder):  # a symlink pointing outside
                 raise LoraError(f"lora {source!r}: resolves outside the LoRA folder {str(folder)!r}")
             return _resolved(candidate, spec.weight, source)
     known = sorted(p.stem if p.is_file() else p.name for p in folder.glob("*")
                    if p.suffix == ".safetensors" or p.is_dir()) if folder.is_dir() else []
-    hint = f"; available: {', '.join(known)}" if known else f" (the folder {str(folder)!r} holds none)"
-    raise LoraError(f"lora {source!r}: not found in the LoRA folder {str(folder)!r}{hint}")
+    raise LoraError(f"lora {source!r}: not found in the LoRA folder {str(folder)!r}{available_hint(known, folder)}")
 
 
 def _resolved(path: Path, weight: float, source: str) -> ResolvedLora:

@@ -46,26 +46,25 @@ def resolve_vae(source: str, folder: Optional[Path] = None, *, allow_paths: bool
     """A VAE folder or file by path (``allow_paths``: the command line, not a network API) or by name in the VAE
     folder; ValueError naming ``vae`` otherwise."""
     from difflab.core.checkpoint import PICKLE_SUFFIXES
+    from difflab.io.paths import available_hint, looks_like_path, within
 
     folder = vae_dir() if folder is None else Path(folder)
     path = Path(source).expanduser()
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise ValueError(f"vae {source!r}: {path.suffix} files are pickles (they can run code); use .safetensors")
-    if path.is_absolute() or "/" in source or "\\" in source or source.startswith("."):
+    if looks_like_path(source):
         if not allow_paths:
             raise ValueError(f"vae {source!r}: give a name from the VAE folder, not a path")
         if not path.exists():
             raise ValueError(f"vae {source!r}: no such file or folder")
         return _resolved(path, source)
-    root = folder.resolve()
     for candidate in (folder / source, folder / f"{source}.safetensors", folder / f"{source}.vae.safetensors"):
         if candidate.exists():
-            if not candidate.resolve().is_relative_to(root):
+            if not within(candidate, folder):
                 raise ValueError(f"vae {source!r}: resolves outside the VAE folder {str(folder)!r}")
             return _resolved(candidate, source)
-    known = sorted(vae_names(folder))
-    hint = f"; available: {', '.join(known)}" if known else f" (the folder {str(folder)!r} holds none)"
-    raise ValueError(f"vae {source!r}: not found in the VAE folder {str(folder)!r}{hint}")
+    raise ValueError(f"vae {source!r}: not found in the VAE folder {str(folder)!r}"
+                     f"{available_hint(vae_names(folder), folder)}")
 
 
 def vae_names(folder: Optional[Path] = None) -> list[str]:

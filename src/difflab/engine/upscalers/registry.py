@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from difflab.io.paths import looks_like_path, within
+
 RESAMPLERS = ("Lanczos", "Nearest", "None")
 UPSCALER_DIR_ENV = "DIFFLAB_UPSCALER_DIR"
 DEFAULT_UPSCALER_DIR = Path("upscalers")
@@ -48,17 +50,16 @@ def resolve_upscaler(source: str, folder: Optional[Path] = None, *, allow_paths:
         if source.lower() == name.lower():
             return ResolvedUpscaler(name)
     path = Path(source).expanduser()
-    if path.is_absolute() or "/" in source or "\\" in source or source.startswith("."):
+    if looks_like_path(source):
         if not allow_paths:
             raise ValueError(f"{field}: give a name ({', '.join(upscaler_names(folder))}), not a path")
         if not path.is_file():
             raise ValueError(f"{field}: {source!r} does not exist")
         return ResolvedUpscaler(path.stem, path)
     if folder.is_dir():
-        root = folder.resolve()
         for candidate in sorted(folder.iterdir()):
             if candidate.stem == source and candidate.suffix.lower() in FILE_SUFFIXES:
-                if not candidate.resolve().is_relative_to(root):
+                if not within(candidate, folder):
                     raise ValueError(f"{field}: {source!r} resolves outside the upscaler folder {str(folder)!r}")
                 return ResolvedUpscaler(candidate.stem, candidate)
     raise ValueError(f"{field} must be one of {', '.join(upscaler_names(folder))} (files in {str(folder)!r}); "
