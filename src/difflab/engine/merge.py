@@ -68,6 +68,7 @@ class WeightSource:
     path: Path
     family: str
     files: dict[str, Path] = field(default_factory=dict)  # key -> safetensors file holding it
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # key -> shape, from the headers
     metadata: dict[str, str] = field(default_factory=dict)  # the single file's header metadata
 
     @property
@@ -87,7 +88,7 @@ def open_source(path: Path, option: str) -> WeightSource:
     """The model at ``path`` (a diffusers folder or a ``.safetensors`` file), its family and tensor names.
     ValueError naming ``option`` for anything else."""
     from difflab.engine.registry import resolve_model
-    from difflab.engine.single_file import read_header
+    from difflab.engine.single_file import read_header_shapes
 
     path = Path(path)
     if not path.exists():
@@ -101,8 +102,8 @@ def open_source(path: Path, option: str) -> WeightSource:
         raise ValueError(f"{option}: {error}") from None
     source = WeightSource(path, family)
     if path.is_file():
-        keys, source.metadata = read_header(path)
-        source.files = {key: path for key in keys}
+        source.shapes, source.metadata = read_header_shapes(path)
+        source.files = {key: path for key in source.shapes}
         return source
     for component in sorted(p for p in path.iterdir() if p.is_dir()):
         files = sorted(component.glob("*.safetensors"))
@@ -111,8 +112,9 @@ def open_source(path: Path, option: str) -> WeightSource:
                              "convert them to .safetensors first")
         plain = [f for f in files if not any(v in f.name for v in _VARIANTS)]
         for file in plain or files:
-            for key in read_header(file)[0]:
+            for key, shape in read_header_shapes(file)[0].items():
                 source.files[f"{component.name}/{key}"] = file
+                source.shapes[f"{component.name}/{key}"] = shape
     if not source.files:
         raise ValueError(f"{option}: {str(path)!r} holds no .safetensors weights")
     return source
@@ -180,8 +182,6 @@ def _json_or_none(text: Optional[str]):
 
 def check_compatible(sources: list[WeightSource]) -> list[str]:
     """The keys to merge; ValueError naming the model and tensor where the architectures differ."""
-    from safetensors import safe_open
-
     a, names = sources[0], ("A", "B", "C")
     for name, other in zip(names[1:], sources[1:]):
         if other.family != a.family:
@@ -191,20 +191,11 @@ def check_compatible(sources: list[WeightSource]) -> list[str]:
         if missing:
             raise ValueError(f"models: {name} has no tensor {missing[0]!r} of A ({len(missing)} missing): "
                              "not the same architecture")
-    shapes: list[dict[str, tuple]] = []
-    for source in sources:  # shapes from the headers only: nothing is loaded yet
-        found: dict[str, tuple] = {}
-        for file in sorted(set(source.files.values())):
-            with safe_open(str(file), framework="pt") as handle:
-                for key in handle.keys():
-                    full = f"{file.parent.name}/{key}" if source.is_folder else key
-                    found[full] = tuple(handle.get_slice(key).get_shape())
-        shapes.append(found)
-    for name, other in zip(names[1:], shapes[1:]):
-        for key, shape in shapes[0].items():
-            if key in other and other[key] != shape and not key.endswith(SKIP_SUFFIXES):
-                raise ValueError(f"models: tensor {key!r} is {list(shape)} in A and {list(other[key])} in {name}: "
-                                 "not the same architecture")
+    for name, other in zip(names[1:], sources[1:]):  # shapes from the headers: nothing is loaded yet
+        for key, shape in a.shapes.items():
+            if key in other.shapes and other.shapes[key] != shape and not key.endswith(SKIP_SUFFIXES):
+                raise ValueError(f"models: tensor {key!r} is {list(shape)} in A and {list(other.shapes[key])} "
+                                 f"in {name}: not the same architecture")
     return list(a.files)
 
 

@@ -167,11 +167,18 @@ def _weights_name(component_folder: Path) -> str:
 def read_header(path: str | Path) -> tuple[list[str], dict[str, str]]:
     """(tensor names, metadata) of a safetensors file, reading the header only; ValueError naming the model if
     the file is not valid safetensors (truncated, corrupt, or another format)."""
+    shapes, metadata = read_header_shapes(path)
+    return list(shapes), metadata
+
+
+def read_header_shapes(path: str | Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """({tensor name: shape}, metadata) from the header only; errors as :func:`read_header`."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as handle:
-            return list(handle.keys()), dict(handle.metadata() or {})
+            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+            return shapes, dict(handle.metadata() or {})
     except Exception as error:  # safetensors raises its own SafetensorError, OSError, or ValueError
         raise ValueError(f"model: {str(path)!r} is not a valid safetensors file ({error})") from None
 

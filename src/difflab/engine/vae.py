@@ -90,7 +90,8 @@ def _resolved(path: Path, source: str) -> ResolvedVae:
 
 
 def load_vae(vae: ResolvedVae, model_vae_config: dict, device, dtype):
-    """The AutoencoderKL, checked against the model's VAE config (latent channels, scaling factor)."""
+    """The AutoencoderKL (a single file is read with ``model_vae_config``); PipelineCache.get_vae checks that it
+    fits the model, for a fresh load and a cached one alike."""
     import diffusers
 
     if vae.is_single_file:
@@ -104,7 +105,6 @@ def load_vae(vae: ResolvedVae, model_vae_config: dict, device, dtype):
     else:
         module = diffusers.AutoencoderKL.from_pretrained(str(vae.path), torch_dtype=dtype, use_safetensors=True,
                                                          local_files_only=True)
-    check_fits(vae.name, dict(module.config), model_vae_config)
     return module.to(device)
 
 
