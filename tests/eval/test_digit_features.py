@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from difflab.data.digits import load_digits
 from difflab.eval.digit_features import (
     FEATURE_DIM,
     feature_net,
@@ -14,18 +13,7 @@ from difflab.eval.digit_features import (
 )
 from difflab.eval.digits_metrics import evaluate_digit_samples, noise_floor, precision_recall_floor
 
-SAMPLE_COUNT = 500
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_digits()
-
-
-@pytest.fixture(scope="module")
-def real_subset(digits):
-    order = torch.from_numpy(np.random.default_rng(123).permutation(len(digits)))[:SAMPLE_COUNT]
-    return digits.images[order], digits.labels[order]
+from .conftest import SAMPLE_COUNT
 
 
 def test_shipped_network_reads_the_real_digits(digits):

@@ -13,19 +13,7 @@ from difflab.eval.digits_metrics import (
     noise_floor,
 )
 
-SAMPLE_COUNT = 500
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_digits()
-
-
-@pytest.fixture(scope="module")
-def real_subset(digits):
-    """A random 500 of the real digits (the first 500 are not random: sklearn's file is grouped by writer)."""
-    order = torch.from_numpy(np.random.default_rng(123).permutation(len(digits)))[:SAMPLE_COUNT]
-    return digits.images[order], digits.labels[order]
+from .conftest import SAMPLE_COUNT
 
 
 def test_features_are_sklearn_pixels(digits):
