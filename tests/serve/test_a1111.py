@@ -86,7 +86,7 @@ def test_models_samplers_options_and_progress(client) -> None:
     # A1111 clients select a checkpoint by its title, "name [hash]"
     assert client.post("/sdapi/v1/options", json={"sd_model_checkpoint": tiny["title"]}).status_code == 200
     assert client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "nope"}).status_code == 422
-    assert client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 2}).status_code == 422
+    assert client.post("/sdapi/v1/options", json={"samples_format": "jpg"}).status_code == 422
     progress = client.get("/sdapi/v1/progress").json()
     assert {"progress", "eta_relative", "state", "current_image", "textinfo"} <= set(progress)
     assert progress["progress"] == 0 and progress["state"]["job_count"] == 0

@@ -58,8 +58,8 @@ def test_webuiapi_drives_the_a1111_endpoints(tiny_shapes_server: LiveServer) -> 
                         denoising_strength=0.5)
     assert again.image.size == (32, 32) and again.info["denoising_strength"] == 0.5
     with pytest.raises(RuntimeError) as refused:  # webuiapi raises on any answer but 200
-        api.txt2img(prompt="x", width=32, height=32, override_settings={"CLIP_stop_at_last_layers": 2})
-    assert refused.value.args[0] == 422 and "override_settings.CLIP_stop_at_last_layers" in refused.value.args[1]
+        api.txt2img(prompt="x", width=32, height=32, override_settings={"eta_noise_seed_delta": 31337})
+    assert refused.value.args[0] == 422 and "override_settings.eta_noise_seed_delta" in refused.value.args[1]
     models = api.get_sd_models()
     assert "tiny" in [model["model_name"] for model in models]
     assert all("/" not in model["filename"] for model in models)  # names, never server paths

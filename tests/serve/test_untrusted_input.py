@@ -143,7 +143,7 @@ def test_the_requests_that_got_a_500(client) -> None:
 
 def test_a1111_settings_difflab_cannot_honour_are_refused_naming_them(client) -> None:
     body = {"prompt": "x", "width": 32, "height": 32, "steps": 1, "seed": 1}
-    cases = {"override_settings.CLIP_stop_at_last_layers": {"override_settings": {"CLIP_stop_at_last_layers": 2}},
+    cases = {"override_settings.CLIP_stop_at_last_layers": {"override_settings": {"CLIP_stop_at_last_layers": 13}},
              "override_settings.sd_vae": {"override_settings": {"sd_vae": "other.vae.pt"}},
              "override_settings.samples_format": {"override_settings": {"samples_format": "jpg"}},
              "not_an_a1111_field": {"not_an_a1111_field": 1},

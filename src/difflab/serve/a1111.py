@@ -7,7 +7,9 @@ seed of -1 draws a random seed the way ``get_fixed_seed`` does, recorded in ``in
 deliberate differences: omitted ``steps``/``cfg_scale``/``width``/``height`` take the model's defaults (A1111's
 50 steps and 512x512 would be wrong for most models), and a field that would change the image in a way difflab
 cannot reproduce (``restore_faces``, ``tiling``, variation seeds, ``override_settings`` other than the checkpoint,
-unknown fields) is refused with 422 naming it instead of ignored (``a1111_fields``).
+``sd_vae`` and ``CLIP_stop_at_last_layers``, unknown fields) is refused with 422 naming it instead of ignored
+(``a1111_fields``). The hires fix (``enable_hr`` and its ``hr_*`` fields) maps onto the engine's hires fix
+(``a1111_hires``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from difflab.engine.request import MAX_IMAGES
-from difflab.serve.a1111_fields import check_eta, check_fields, check_override_settings
+from difflab.serve.a1111_fields import DEFAULT_SETTINGS, HONOURED_SETTINGS, OWN_VAE, check_eta, check_fields, \
+    check_override_settings, check_setting
+from difflab.serve.a1111_hires import hires_request_fields, pop_hires_fields
 from difflab.serve.app import ServerState, server_of
 from difflab.serve.catalog import FieldError
 from difflab.serve.errors import error_response, field_errors
@@ -36,10 +40,15 @@ from difflab.serve.routes import failed_job_response, submit, wait_until_finishe
 
 router = APIRouter(prefix="/sdapi/v1", tags=["a1111"])
 _CHECKPOINT_TITLE = re.compile(r"^(.*?)(?: \[[0-9a-f]{8,64}\])?$")  # "name [hash]" as A1111 titles checkpoints
+# infotext keys A1111 reports in info's extra_generation_params
+_EXTRA_PARAMETERS = ("Hires upscale", "Hires steps", "Hires upscaler", "Clip skip", "VAE", "VAE hash")
 # GenerationRequest field -> the A1111 field a client sent, for error messages in the client's own terms
 A1111_NAMES = {"guidance": "cfg_scale", "scheduler": "sampler_name", "n": "batch_size",
                "model": "override_settings.sd_model_checkpoint", "strength": "denoising_strength",
-               "init_image": "init_images.0"}
+               "init_image": "init_images.0", "vae": "override_settings.sd_vae",
+               "clip_skip": "override_settings.CLIP_stop_at_last_layers", "hires_scale": "hr_scale",
+               "hires_strength": "denoising_strength", "hires_steps": "hr_second_pass_steps",
+               "hires_upscaler": "hr_upscaler"}
 
 
 class Txt2ImgRequest(BaseModel):
@@ -67,10 +76,12 @@ class Txt2ImgRequest(BaseModel):
 
 def to_generation_body(server: ServerState, body: Txt2ImgRequest) -> dict[str, Any]:
     """A1111 fields -> a GenerationRequest body (not yet validated); FieldError for unsupported settings."""
+    img2img = hasattr(body, "init_images")
     extra = dict(body.model_extra or {})
     eta = extra.pop("eta", None)
-    check_fields(extra, img2img=hasattr(body, "init_images"))
-    checkpoint = check_override_settings(body.override_settings) or server.a1111_options["sd_model_checkpoint"]
+    hires = pop_hires_fields(extra)
+    check_fields(extra, img2img=img2img)
+    settings = {**DEFAULT_SETTINGS, **server.a1111_options, **check_override_settings(body.override_settings)}
     n = body.batch_size * body.n_iter  # A1111 draws image i of the whole job with seed + i, as difflab does
     if n > MAX_IMAGES:  # before the seed is drawn: randrange(2**32 - n) needs a small n
         raise FieldError("batch_size", f"batch_size x n_iter must be at most {MAX_IMAGES}; got "
@@ -83,10 +94,39 @@ def to_generation_body(server: ServerState, body: Txt2ImgRequest) -> dict[str, A
         if sampler and not sampler.lower().endswith("karras"):
             sampler = f"{sampler} Karras"
     check_eta(eta, sampler)
-    seed = body.seed if body.seed != -1 else random.SystemRandom().randrange(2**32 - n)
-    return {"prompt": body.prompt, "negative_prompt": body.negative_prompt, "model": checkpoint_name(checkpoint),
-            "n": n, "steps": body.steps, "guidance": body.cfg_scale, "seed": seed, "scheduler": sampler,
-            "width": body.width, "height": body.height}
+    model = checkpoint_name(settings["sd_model_checkpoint"])
+    result = {"prompt": body.prompt, "negative_prompt": body.negative_prompt, "model": model, "n": n,
+              "steps": body.steps, "guidance": body.cfg_scale, "scheduler": sampler,
+              "width": body.width, "height": body.height}
+    if settings["sd_vae"] not in OWN_VAE:
+        result["vae"] = settings["sd_vae"]
+    if settings["CLIP_stop_at_last_layers"] != 1:  # 1, the last layer, is what difflab does without clip_skip
+        result["clip_skip"] = settings["CLIP_stop_at_last_layers"]
+    if img2img:
+        if hires.get("enable_hr") not in (None, False):
+            raise FieldError("enable_hr", "A1111's img2img has no hires fix; send false or leave it out")
+    elif hires.get("enable_hr") not in (None, False):
+        defaults = model_defaults(server, model)
+        width, height = body.width or defaults.get("width"), body.height or defaults.get("height")
+        if width is None or height is None:  # an unknown model: its own field reports it
+            raise FieldError("override_settings.sd_model_checkpoint", f"no model {model!r} on this server")
+        result.update(hires_request_fields(
+            hires, prompt=body.prompt, negative_prompt=body.negative_prompt, sampler=sampler, width=width,
+            height=height, steps=lambda: body.steps or defaults.get("steps")))
+    # last: the seed is drawn only for a body that is otherwise fine
+    result["seed"] = body.seed if body.seed != -1 else random.SystemRandom().randrange(2**32 - n)
+    return result
+
+
+def model_defaults(server: ServerState, model: str) -> dict[str, int]:
+    """The model's default width, height and steps ({} when the name is not one of the server's models)."""
+    from difflab.engine.registry import resolve_model
+
+    try:
+        resolved = resolve_model(server.catalog.model_path("model", model))
+    except ValueError:
+        return {}
+    return {"width": resolved.width, "height": resolved.height, "steps": resolved.steps}
 
 
 def checkpoint_name(title: str) -> str:
@@ -151,11 +191,14 @@ def a1111_response(server: ServerState, job, body: Txt2ImgRequest, parameters: d
         "cfg_scale": settings["guidance"], "steps": settings["steps"], "batch_size": body.batch_size,
         "restore_faces": False, "face_restoration_model": None,
         "sd_model_name": first.get("Model"), "sd_model_hash": first.get("Model hash"),
-        "sd_vae_name": None, "sd_vae_hash": None, "seed_resize_from_w": -1, "seed_resize_from_h": -1,
-        "denoising_strength": request.get("strength"), "extra_generation_params": {},
+        "sd_vae_name": first.get("VAE"), "sd_vae_hash": first.get("VAE hash"),
+        "seed_resize_from_w": -1, "seed_resize_from_h": -1,
+        "denoising_strength": request.get("strength") or request.get("hires_strength"),
+        "extra_generation_params": {key: first[key] for key in _EXTRA_PARAMETERS if key in first},
         "index_of_first_image": 0, "infotexts": list(infotexts), "styles": [],
         "job_timestamp": datetime.datetime.fromtimestamp(job.started).strftime("%Y%m%d%H%M%S"),
-        "clip_skip": 1, "is_using_inpainting_conditioning": False, "version": first.get("Version"),
+        "clip_skip": request.get("clip_skip") or 1, "is_using_inpainting_conditioning": False,
+        "version": first.get("Version"),
     }
     images = [base64.b64encode(path.read_bytes()).decode("ascii") for path in paths] if body.send_images else []
     return {"images": images, "parameters": parameters, "info": json.dumps(info)}
@@ -194,25 +237,29 @@ async def samplers():
 
 @router.get("/options")
 async def get_options(request: Request):
-    return {**server_of(request).a1111_options, "samples_format": "png"}
+    return {**DEFAULT_SETTINGS, **server_of(request).a1111_options, "samples_format": "png"}
 
 
 @router.post("/options")
 async def set_options(request: Request, options: dict[str, Any]):
-    """Only ``sd_model_checkpoint`` is settable; other A1111 options are refused by name."""
+    """``sd_model_checkpoint`` (the model later requests use), ``sd_vae`` and ``CLIP_stop_at_last_layers`` are
+    settable, for every later request until changed (``override_settings`` still wins for its own request);
+    other A1111 options are refused by name. All or nothing: one bad option changes none."""
     server = server_of(request)
-    unknown = sorted(set(options) - {"sd_model_checkpoint"})
+    unknown = sorted(set(options) - set(HONOURED_SETTINGS))
     if unknown:
         return error_response(422, "invalid_request", f"{unknown[0]}: is not an option difflab supports",
                               [{"field": name, "message": "is not an option difflab supports"} for name in unknown])
-    title = options.get("sd_model_checkpoint")
+    checked = {}
     try:
-        if not isinstance(title, str):
-            raise FieldError("sd_model_checkpoint", f"must be a model name (a string); got {type(title).__name__}")
-        server.catalog.model_path("sd_model_checkpoint", checkpoint_name(title))
+        for name, value in options.items():
+            checked[name] = check_setting(name, name, value)
+        if "sd_model_checkpoint" in checked:
+            checked["sd_model_checkpoint"] = checkpoint_name(checked["sd_model_checkpoint"])
+            server.catalog.model_path("sd_model_checkpoint", checked["sd_model_checkpoint"])
     except FieldError as error:
         return a1111_error(error, rename=False)
-    server.a1111_options["sd_model_checkpoint"] = checkpoint_name(title)
+    server.a1111_options.update(checked)
     return None
 
 

@@ -9,6 +9,7 @@ about the rest (a body's ``model_extra``) and about ``override_settings``. The R
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 from difflab.serve.catalog import FieldError
@@ -22,13 +23,10 @@ UI_ONLY = {
     "comments": "free text A1111 writes into its own logs",
     "disable_extra_networks": "difflab never reads <lora:...> tags from the prompt (use loras on /v1)",
 }
-# Fields that act only together with a field difflab refuses unless it is off (enable_hr, subseed_strength,
-# script_name, refiner_checkpoint): inert here, as they are in A1111 while that field is off.
-INERT = {name: "enable_hr" for name in (
-    "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y", "hr_checkpoint_name",
-    "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt", "hr_additional_modules",
-    "firstphase_width", "firstphase_height", "denoising_strength")}
-INERT.update({"subseed": "subseed_strength", "script_args": "script_name", "refiner_switch_at": "refiner_checkpoint"})
+# Fields that act only together with a field difflab refuses unless it is off (subseed_strength, script_name,
+# refiner_checkpoint): inert here, as they are in A1111 while that field is off. The hires fix's fields are
+# a1111_hires's (honoured with enable_hr, inert without it).
+INERT = {"subseed": "subseed_strength", "script_args": "script_name", "refiner_switch_at": "refiner_checkpoint"}
 # Fields that change the picture in ways difflab does not implement: accepted only at the value that changes nothing.
 AT_DEFAULT: dict[str, tuple[tuple[Any, ...], str]] = {
     "restore_faces": ((None, False), "send false or leave it out"),
@@ -36,7 +34,6 @@ AT_DEFAULT: dict[str, tuple[tuple[Any, ...], str]] = {
     "subseed_strength": ((None, 0), "difflab has no variation seeds; send 0 or leave it out"),
     "seed_resize_from_w": ((None, -1, 0), "send -1 or leave it out"),
     "seed_resize_from_h": ((None, -1, 0), "send -1 or leave it out"),
-    "enable_hr": ((None, False), "A1111's hires fix is not mapped (use hires_scale on /v1/generate); send false"),
     "refiner_checkpoint": ((None, "", "None"), "use refiner on /v1/generate; leave it out"),
     "script_name": ((None, "", "None"), "difflab runs no A1111 scripts; leave it out"),
     "alwayson_scripts": ((None, {}), "difflab runs no A1111 extensions; send {} or leave it out"),
@@ -61,12 +58,13 @@ IMG2IMG_AT_DEFAULT: dict[str, tuple[tuple[Any, ...], str]] = {
     "mask_round": ((None, True), "difflab binarizes masks at 50% (A1111's true); send true or leave it out"),
     "latent_mask": ((None, ""), "leave it out"),
 }
-# override_settings: sd_model_checkpoint is honoured; these are accepted at the value that changes nothing
+# override_settings (and POST /options): these three are honoured (check_setting); these are accepted at the value
+# that changes nothing
+HONOURED_SETTINGS = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers")
+DEFAULT_SETTINGS = {"sd_vae": "Automatic", "CLIP_stop_at_last_layers": 1}  # A1111's defaults
+OWN_VAE = ("Automatic", "None")  # A1111: a VAE named like the checkpoint, else its own / its own: here its own
 OVERRIDE_SETTINGS_AT_DEFAULT: dict[str, tuple[tuple[Any, ...], str]] = {
-    "CLIP_stop_at_last_layers": ((1,), "difflab uses the text encoder's last layer (A1111's 1); send 1 or "
-                                       "leave it out"),
     "eta_noise_seed_delta": ((0,), "send 0 or leave it out"),
-    "sd_vae": (("Automatic", "None", None), "difflab uses the model's own VAE; send 'Automatic' or leave it out"),
 }
 
 
@@ -75,8 +73,6 @@ def check_fields(extra: dict[str, Any], *, img2img: bool = False) -> None:
     difflab neither honours nor may ignore."""
     at_default = {**AT_DEFAULT, **(IMG2IMG_AT_DEFAULT if img2img else {})}
     inert = {**INERT, **(IMG2IMG_INERT if img2img else {})}
-    if img2img:
-        inert.pop("denoising_strength")  # declared on img2img's model: honoured there
     for name, value in extra.items():
         if name in at_default:
             accepted, advice = at_default[name]
@@ -87,21 +83,59 @@ def check_fields(extra: dict[str, Any], *, img2img: bool = False) -> None:
                                    "fields)")
 
 
-def check_override_settings(settings: dict[str, Any]) -> Optional[str]:
-    """The checkpoint ``override_settings`` names (None when it names none); FieldError for settings difflab
-    cannot honour."""
+def check_override_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The honoured settings ``override_settings`` gives, checked (see check_setting); FieldError for settings
+    difflab cannot honour."""
+    honoured = {}
     for name, value in settings.items():
         field = f"override_settings.{name}"
-        if name == "sd_model_checkpoint":
-            if value is not None and not isinstance(value, str):
-                raise FieldError(field, f"must be a model name (a string); got {type(value).__name__}")
+        if name in HONOURED_SETTINGS:
+            if value is not None:  # null: "not overridden", as an omitted key
+                honoured[name] = check_setting(field, name, value)
         elif name in OVERRIDE_SETTINGS_AT_DEFAULT:
             accepted, advice = OVERRIDE_SETTINGS_AT_DEFAULT[name]
             if not _among(value, accepted):
                 raise FieldError(field, f"{_short(value)} is not supported by difflab: {advice}")
         else:
-            raise FieldError(field, "is not a setting difflab supports (it honours sd_model_checkpoint)")
-    return settings.get("sd_model_checkpoint") or None
+            raise FieldError(field, "is not a setting difflab supports (it honours "
+                                    f"{', '.join(HONOURED_SETTINGS)})")
+    return honoured
+
+
+def check_setting(field: str, name: str, value: Any) -> Any:
+    """One honoured A1111 setting, checked and in difflab's terms; FieldError naming ``field``:
+
+    - ``sd_model_checkpoint``: a model title (``name`` or ``name [hash]``); the catalog checks the name.
+    - ``sd_vae``: "Automatic" or "None" (the model's own VAE) or a VAE of the server's VAE folder by name, as
+      /sdapi/v1/sd-vae lists them (A1111's file name, with ``.safetensors``, is accepted too).
+    - ``CLIP_stop_at_last_layers``: A1111's clip skip, an integer 1..12 (1 = the last layer, difflab's default).
+    """
+    if name == "sd_model_checkpoint":
+        if not isinstance(value, str):
+            raise FieldError(field, f"must be a model name (a string); got {type(value).__name__}")
+        return value
+    if name == "sd_vae":
+        from difflab.engine.vae import vae_names
+
+        if not isinstance(value, str):
+            raise FieldError(field, f"must be a VAE name (a string); got {type(value).__name__}")
+        if value in OWN_VAE:
+            return value
+        names = vae_names()
+        bare = value.removesuffix(".safetensors").removesuffix(".vae")
+        if bare not in names or any(c in value for c in "/\\") or value.startswith((".", "~")):
+            choices = ", ".join([*OWN_VAE, *names])
+            raise FieldError(field, f"must be one of {choices} (the server's VAE folder, /sdapi/v1/sd-vae); "
+                                    f"got {_short(value)}")
+        return bare
+    if name == "CLIP_stop_at_last_layers":
+        from difflab.engine.request import MAX_CLIP_SKIP
+
+        if not (_number(value) and math.isfinite(value) and float(value).is_integer() and 1 <= value <= MAX_CLIP_SKIP):
+            raise FieldError(field, f"must be an integer from 1 (the last layer) to {MAX_CLIP_SKIP}; "
+                                    f"got {_short(value)}")
+        return int(value)
+    raise FieldError(field, "is not a setting difflab supports")
 
 
 def check_eta(eta: Any, sampler: Optional[str]) -> None:
