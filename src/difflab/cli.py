@@ -497,8 +497,8 @@ def serve_command(
     default_model: str = typer.Option("tiny-shapes", help="The model A1111 clients get when they name none."),
     max_body_mb: float = typer.Option(8.0, help="Largest request body accepted, in MB."),
     ui: bool = typer.Option(False, "--ui/--no-ui", help="Mount the Gradio web UI at /ui (needs Gradio)."),
-    preview_every: int = typer.Option(0, help="Step previews in the progress events every N steps (a VAE decode "
-                                      "each; 0 = off)."),
+    preview_every: Optional[int] = typer.Option(None, help="Step previews in the progress events every N steps "
+                                                "(a VAE decode each; 0 = off) [default: 4 with --ui, else 0]."),
     batch: bool = typer.Option(False, "--batch/--no-batch", help="Run compatible queued jobs (same settings but "
                                "prompt, negative prompt, seed, n) as one pipeline call; images equal alone within "
                                "1/255 on CPU."),

@@ -21,7 +21,8 @@ gradio_client = pytest.importorskip("gradio_client", reason="the web UI needs gr
 pytest.importorskip("gradio", reason="the web UI needs gradio (pip install 'difflab[ui]')")
 
 NO_CONTROL = (None, "canny", 1.0)
-NO_HIRES = (False, 2.0, 0.5, 0)
+NO_HIRES = (False, 2.0, 0.5, 0, "Lanczos")
+NO_REFINER = ("None", 0.8)
 A1111_PARAMETERS = ("a castle on a hill <lora:style_a:0.7>\nNegative prompt: fog\nSteps: 3, Sampler: DPM++ 2M, "
                     "Schedule type: Karras, CFG scale: 6.5, Seed: 1234, Size: 32x40, Model hash: 0123456789, "
                     "Model: sd15, Version: v1.10.1")
@@ -44,9 +45,10 @@ def client(ui_server):
 
 
 def txt2img(*, prompt="a red circle", negative="", model="tiny", sampler="model default", steps=2, guidance=5.0,
-            seed=0, width=32, height=32, n=1, loras=(), lora_weight=1.0, control=NO_CONTROL, hires=NO_HIRES):
+            seed=0, width=32, height=32, n=1, loras=(), lora_weight=1.0, control=NO_CONTROL, control2=NO_CONTROL,
+            hires=NO_HIRES, refiner=NO_REFINER):
     return (prompt, negative, model, sampler, steps, guidance, seed, width, height, n, list(loras), lora_weight,
-            *control, *hires)
+            *control, *control2, *hires, *refiner)
 
 
 def error_of(client, *inputs, api_name="/generate") -> str:
@@ -58,7 +60,7 @@ def error_of(client, *inputs, api_name="/generate") -> str:
 
 
 def test_ui_generates_shows_metadata_and_reuses_settings(client, tmp_path: Path) -> None:
-    gallery, status, metadata = client.predict(*txt2img(negative="blue", sampler="Euler a", steps=3, seed=42, n=2,
+    gallery, status, metadata, *_ = client.predict(*txt2img(negative="blue", sampler="Euler a", steps=3, seed=42, n=2,
                                                         loras=["style_a"], lora_weight=0.5), api_name="/generate")
     assert "done, 2 image(s), seed 42, 43" in status and len(gallery) == 2
     record = json.loads(metadata)
@@ -82,24 +84,26 @@ def test_ui_generates_shows_metadata_and_reuses_settings(client, tmp_path: Path)
 def test_seed_minus_one_draws_a_seed_that_reuse_seed_puts_back(client) -> None:
     seeds = []
     for _ in range(2):
-        _, status, metadata = client.predict(*txt2img(seed=-1), api_name="/generate")
+        _, status, metadata, *_ = client.predict(*txt2img(seed=-1), api_name="/generate")
         seed = json.loads(metadata)["seed"]
         assert f"seed {seed}" in status and seed != -1
         seeds.append(seed)
     assert seeds[0] != seeds[1]  # two draws from 2**32 seeds
     assert client.predict(metadata, api_name="/reuse_seed_generate") == seeds[1]
     # the drawn seed reproduces the image: same pixels from the seed written back
-    _, _, again = client.predict(*txt2img(seed=seeds[1]), api_name="/generate")
+    _, _, again, *_ = client.predict(*txt2img(seed=seeds[1]), api_name="/generate")
     assert json.loads(again)["parameters"] == json.loads(metadata)["parameters"]
 
 
 def test_hires_fix_doubles_the_size(client) -> None:
-    gallery, status, metadata = client.predict(*txt2img(hires=(True, 2.0, 0.5, 2)), api_name="/generate")
+    gallery, status, metadata, *_ = client.predict(*txt2img(hires=(True, 2.0, 0.5, 2, "Nearest")),
+                                                   api_name="/generate")
     assert "done" in status
     with Image.open(gallery[0]["image"]) as image:
         assert image.size == (64, 64)
     record = json.loads(metadata)
     assert record["request"]["hires_scale"] == 2.0 and "Hires upscale: 2" in record["parameters"]
+    assert record["request"]["hires_upscaler"] == "Nearest" and "Hires upscaler: Nearest" in record["parameters"]
 
 
 def test_img2img_and_inpainting_with_a_painted_mask(client, tmp_path: Path) -> None:
@@ -116,10 +120,10 @@ def test_img2img_and_inpainting_with_a_painted_mask(client, tmp_path: Path) -> N
                 "layers": [gradio_client.handle_file(str(path)) for path in layers]}
 
     common = ("a red square", "", "tiny", "model default", 2, 5.0, 7, 1, [], 1.0)
-    _, status, metadata = client.predict(*common, editor([]), 0.6, api_name="/generate_img2img")
+    _, status, metadata, *_ = client.predict(*common, editor([]), 0.6, api_name="/generate_img2img")
     request = json.loads(metadata)["request"]
     assert "done" in status and request["strength"] == 0.6 and request["init_image"] and request["mask"] is None
-    _, status, metadata = client.predict(*common, editor([layer_path]), 0.6, api_name="/generate_img2img")
+    _, status, metadata, *_ = client.predict(*common, editor([layer_path]), 0.6, api_name="/generate_img2img")
     request = json.loads(metadata)["request"]
     assert "done" in status and request["mask"] is not None
     with Image.open(request["mask"]) as mask:  # the painted square, white; the rest black
@@ -289,7 +293,7 @@ def test_browser_history_tab_shows_past_jobs_and_their_parameters(ui_server, bro
 
 
 def test_history_lists_finished_jobs_and_survives_a_restart(client, ui_server) -> None:
-    _, _, metadata = client.predict(*txt2img(prompt="history check", seed=5), api_name="/generate")
+    _, _, metadata, *_ = client.predict(*txt2img(prompt="history check", seed=5), api_name="/generate")
     gallery = client.predict(api_name="/history")
     assert any("history check" in (item.get("caption") or "") for item in gallery)
     before = len(gallery)
@@ -306,3 +310,14 @@ def test_the_root_leads_to_the_ui_and_the_start_banner_names_it(ui_server) -> No
     assert response.status_code in (302, 307) and response.headers["location"] == "/ui/"
     assert f"web UI     {ui_server.url}/ui/" in ui_server.log.read_text()
 
+
+
+def test_the_ui_turns_step_previews_on_by_default() -> None:
+    """The UI's live preview needs the server's previews: on (every UI_PREVIEW_EVERY steps) with --ui unless
+    --preview-every says otherwise; off for the API alone."""
+    from difflab.serve.config import UI_PREVIEW_EVERY, ServeConfig
+
+    assert ServeConfig(data_dir=Path("unused"), ui=True).preview_every == UI_PREVIEW_EVERY > 0
+    assert ServeConfig(data_dir=Path("unused"), ui=False).preview_every == 0
+    assert ServeConfig(data_dir=Path("unused"), ui=True, preview_every=0).preview_every == 0
+    assert ServeConfig(data_dir=Path("unused"), preview_every=2).preview_every == 2

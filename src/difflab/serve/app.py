@@ -121,6 +121,8 @@ def create_app(config: ServeConfig, *, cache=None, lock_data_dir: bool = True) -
     app.state.ui_path = None
     from difflab.serve.a1111_extras import router as a1111_extras_router  # the rest of /sdapi/v1 (issue 22)
     app.include_router(a1111_extras_router)
+    from difflab.serve.a1111_controlnet import router as controlnet_router  # /controlnet/detect: the UI's map preview
+    app.include_router(controlnet_router)
     if config.ui:
         from difflab.serve.ui import UI_PATH, gradio_available, mount_ui
 

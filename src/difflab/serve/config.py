@@ -10,6 +10,7 @@ from typing import Optional
 from difflab.serve.retention import DEFAULT_EVERY_S, DEFAULT_KEEP_DAYS, DEFAULT_KEEP_GB, RetentionPolicy
 
 LOOPBACK_NAMES = ("localhost",)
+UI_PREVIEW_EVERY = 4  # with --ui: a preview every 4 steps, five or so over a 20-step job
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024  # a GenerationRequest is < 100 kB; 8 MB leaves room for base64 init images
 
 
@@ -37,9 +38,9 @@ class ServeConfig:
     ui: bool = False  # mount the Gradio web UI at /ui (needs Gradio; opt-in: `difflab serve --ui`)
     sync_timeout_s: float = 600.0  # a synchronous request waits this long, then answers 202 with the job
     # step previews in the progress events: every N denoising steps a VAE decode of the current x0 estimate of the
-    # job's first image. 0 = off (the default): each preview costs a full VAE decode, which on a large model is a
-    # sizeable fraction of a step
-    preview_every: int = 0
+    # job's first image. 0 = off, the API's default: each preview costs a full VAE decode, which on a large model is
+    # a sizeable fraction of a step. None = the default: UI_PREVIEW_EVERY with the web UI (its live preview), else 0
+    preview_every: Optional[int] = None
     preview_max_side: int = 256  # previews are shrunk to fit in this many pixels on each side
     # batching: compatible queued jobs (equal in all but prompt, negative prompt, seed and n; engine.merged) run
     # as one pipeline call of at most batch_max_images images. Off by default: a merged image equals the same
@@ -62,6 +63,8 @@ class ServeConfig:
             raise ValueError(f"max_queue: must be between 1 and 100000; got {self.max_queue}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port: must be between 0 and 65535; got {self.port}")
+        if self.preview_every is None:
+            object.__setattr__(self, "preview_every", UI_PREVIEW_EVERY if self.ui else 0)
         if self.preview_every < 0:
             raise ValueError(f"preview_every: must be >= 0 (0 = no previews); got {self.preview_every}")
         if not 8 <= self.preview_max_side <= 4096:

@@ -1,11 +1,13 @@
 """The web UI (Gradio), mounted at ``/ui`` in the same app: forms over the same queue and worker as ``/v1``.
 
-Tabs: txt2img (with hires fix, LoRAs and a ControlNet unit), img2img (strength; a mask painted with the brush
-makes it inpainting), PNG Info (any PNG, ours or A1111's; "send to" fills a form) and History (finished jobs from
-the JobStore, so it survives a restart). Every job is a GenerationRequest validated by ``routes.validated_request``
-and queued in the same JobStore as API jobs (serve/ui_jobs.py). Seed -1 draws a seed; the drawn one is shown and
-"Reuse seed" puts an image's seed back. Interrupt cancels the job in the status line at its next step.
-Gradio is optional: without it the API runs and ``/ui`` is absent.
+Tabs: txt2img (with hires fix, the SDXL refiner, LoRAs and two ControlNet units whose preprocessed maps "Preview
+map" shows, as ``POST /controlnet/detect`` makes them), img2img (strength; a mask painted with the brush makes it
+inpainting), PNG Info (any PNG, ours or A1111's; "send to" fills a form) and History (finished jobs from the
+JobStore, so it survives a restart). Every job is a GenerationRequest validated by ``routes.validated_request``
+and queued in the same JobStore as API jobs (serve/ui_jobs.py). While it runs, a progress bar and the server's
+step previews (``--preview-every``, on by default with ``--ui``) show under the Generate button. Seed -1 draws a
+seed; the drawn one is shown and "Reuse seed" puts an image's seed back. Interrupt cancels the job in the status
+line at its next step. Gradio is optional: without it the API runs and ``/ui`` is absent.
 
 No ``from __future__ import annotations`` here: Gradio reads a handler's parameter annotations to pass it the
 event (``evt: gr.SelectData``), and with postponed annotations it would see only the string "gr.SelectData",
@@ -23,9 +25,12 @@ from difflab.serve import ui_jobs
 
 UI_PATH = "/ui"
 # form fields in the order the handlers take them (and gradio_client's /generate_* endpoints list them)
+CONTROL_UNITS = 2  # ControlNet units on the txt2img tab (a request takes up to engine.request.MAX_CONTROLS)
+CONTROL_FIELDS = tuple(f"control{unit}_{name}" for unit in range(1, CONTROL_UNITS + 1)
+                       for name in ("image", "kind", "scale"))
 TXT2IMG_FIELDS = ("prompt", "negative", "model", "sampler", "steps", "guidance", "seed", "width", "height", "n",
-                  "loras", "lora_weight", "control_image", "control_kind", "control_scale", "hires", "hires_scale",
-                  "hires_strength", "hires_steps")
+                  "loras", "lora_weight", *CONTROL_FIELDS, "hires", "hires_scale", "hires_strength", "hires_steps",
+                  "hires_upscaler", "refiner", "refiner_switch")
 IMG2IMG_FIELDS = ("prompt", "negative", "model", "sampler", "steps", "guidance", "seed", "n", "loras",
                   "lora_weight", "editor", "strength")
 
@@ -45,8 +50,9 @@ def build_ui(app: FastAPI):
 
     from difflab.engine.control import KINDS, MAX_SCALE
     from difflab.engine.lora import parse_lora_spec
-    from difflab.engine.request import DEFAULT_HIRES_STRENGTH, DEFAULT_STRENGTH, MAX_HIRES_SCALE, \
-        describe_validation_error
+    from difflab.engine.request import DEFAULT_HIRES_STRENGTH, DEFAULT_REFINER_SWITCH, DEFAULT_STRENGTH, \
+        MAX_HIRES_SCALE, describe_validation_error
+    from difflab.engine.upscalers.registry import upscaler_names
     from difflab.engine.schedulers import SAMPLER_NAMES
     from difflab.serve.catalog import FieldError
     from difflab.serve.inputs import store_image
@@ -83,18 +89,23 @@ def build_ui(app: FastAPI):
         return body
 
     def follow(make_body):
-        """Run a job from the body ``make_body()`` builds; yields (gallery, status, metadata, paths)."""
+        """Run a job from the body ``make_body()`` builds; yields (gallery, status, metadata, paths, progress bar,
+        live preview): the preview while the job runs, cleared once its images are in the gallery."""
         try:
             body = make_body()
             updates = ui_jobs.run_job(server(), body)
             for update in updates:
+                progress = ui_jobs.progress_html(update.step, update.steps)
                 if update.paths is None:
-                    yield gr.update(), update.status, gr.update(), gr.update()
+                    preview = gr.update() if update.preview is None else gr.update(value=update.preview,
+                                                                                   visible=True)
+                    yield gr.update(), update.status, gr.update(), gr.update(), progress, preview
                 elif not update.paths:  # interrupted
-                    yield [], update.status, "", []
+                    yield [], update.status, "", [], "", gr.update(value=None, visible=False)
                 else:
                     gallery = [(path, f"seed {ui_jobs.describe(path)['seed']}") for path in update.paths]
-                    yield gallery, update.status, ui_jobs.dumps(ui_jobs.describe(update.paths[0])), update.paths
+                    yield (gallery, update.status, ui_jobs.dumps(ui_jobs.describe(update.paths[0])), update.paths,
+                           progress, gr.update(value=None, visible=False))
         except FieldError as error:
             raise gr.Error(str(error))
         except ValidationError as error:
@@ -103,18 +114,38 @@ def build_ui(app: FastAPI):
             raise gr.Error(str(error))
 
     def generate_txt2img(prompt, negative, model, sampler, steps, guidance, seed, width, height, n, loras,
-                         lora_weight, control_image, control_kind, control_scale, hires, hires_scale,
-                         hires_strength, hires_steps):
+                         lora_weight, *rest):
+        units = [rest[index:index + 3] for index in range(0, 3 * CONTROL_UNITS, 3)]
+        hires, hires_scale, hires_strength, hires_steps, hires_upscaler, refiner, refiner_switch = \
+            rest[3 * CONTROL_UNITS:]
+
         def body():
             result = common_body(prompt, negative, model, sampler, steps, guidance, seed, n, loras, lora_weight)
             result.update(width=int(width), height=int(height))
-            result.update(ui_jobs.hires_fields(hires, hires_scale, hires_strength, hires_steps))
-            if control_image:
-                result["controls"] = [{"kind": control_kind, "scale": float(control_scale),
-                                       "image": stored("control image", Path(control_image).read_bytes())}]
+            result.update(ui_jobs.hires_fields(hires, hires_scale, hires_strength, hires_steps, hires_upscaler))
+            result.update(ui_jobs.refiner_fields(refiner, refiner_switch))
+            controls = [{"kind": kind, "scale": float(scale),
+                         "image": stored(f"control image {unit}", Path(image).read_bytes())}
+                        for unit, (image, kind, scale) in enumerate(units, 1) if image]
+            if controls:
+                result["controls"] = controls
             return result
 
         yield from follow(body)
+
+    def preview_map(image, kind, width, height):
+        """What ``POST /controlnet/detect`` answers for this unit: the map its ControlNet sees at the output size."""
+        from PIL import Image
+
+        from difflab.serve.a1111_controlnet import control_map
+
+        if not image:
+            raise gr.Error("upload a control image first")
+        try:
+            with Image.open(image) as opened:
+                return control_map(kind, opened, size=(int(width), int(height)))
+        except (ValueError, OSError) as error:
+            raise gr.Error(str(error))
 
     def generate_img2img(prompt, negative, model, sampler, steps, guidance, seed, n, loras, lora_weight, editor,
                          strength):
@@ -162,16 +193,22 @@ def build_ui(app: FastAPI):
         request = described.get("request") or {}
         if not request:
             raise gr.Error("pick an image in the gallery first")
-        control = (request.get("controls") or [{}])[0]
+        controls = list(request.get("controls") or [])[:CONTROL_UNITS]
+        controls += [{}] * (CONTROL_UNITS - len(controls))
+        units = []
+        for control in controls:  # the control images stay as they are: the record holds only server paths
+            units += [gr.update(), control.get("kind", "canny"), control.get("scale", 1.0)]
+        refiner = request.get("refiner")
         return (request["prompt"], request.get("negative_prompt", ""), model_name(request.get("model", "")),
                 request.get("scheduler") or ui_jobs.MODEL_DEFAULT, request.get("steps") or 20,
                 request.get("guidance") if request.get("guidance") is not None else 7.5,
                 described.get("seed", request.get("seed", -1)), request.get("width") or 64,
                 request.get("height") or 64, request.get("n", 1), lora_names(request.get("loras") or []), 1.0,
-                gr.update(),  # the control image stays as it is: the record holds only its server path
-                control.get("kind", "canny"), control.get("scale", 1.0), request.get("hires_scale") is not None,
+                *units, request.get("hires_scale") is not None,
                 request.get("hires_scale") or 2.0, request.get("hires_strength") or DEFAULT_HIRES_STRENGTH,
-                request.get("hires_steps") or 0)
+                request.get("hires_steps") or 0, request.get("hires_upscaler") or "Lanczos",
+                model_name(refiner) if refiner else ui_jobs.NO_REFINER,
+                request.get("refiner_switch") or DEFAULT_REFINER_SWITCH)
 
     def png_info(file):
         """The parameters of a dropped PNG (read from the file as sent, before any re-encoding drops them)."""
@@ -233,6 +270,10 @@ def build_ui(app: FastAPI):
             o["generate"] = gr.Button("Generate", variant="primary", elem_id=f"{tab}_generate", scale=3)
             o["interrupt"] = gr.Button("Interrupt", variant="stop", elem_id=f"{tab}_interrupt", scale=1)
         o["status"] = gr.Textbox(label="Progress", interactive=False, elem_id=f"{tab}_status")
+        o["progress"] = gr.HTML("", elem_id=f"{tab}_progress")
+        # the server's step previews while a job runs (hidden otherwise, so the gallery is what a result shows)
+        o["preview"] = gr.Image(label="Live preview", elem_id=f"{tab}_preview", interactive=False, visible=False,
+                                type="pil", format="png", height=256)
         # output only: interactive=False, or an empty gallery invites "Drop Media Here"
         o["gallery"] = gr.Gallery(label="Images", elem_id=f"{tab}_gallery", columns=4, interactive=False,
                                   format="png")
@@ -243,6 +284,8 @@ def build_ui(app: FastAPI):
             o["reuse"] = gr.Button("Reuse settings", elem_id=f"{tab}_reuse")
         return o
 
+    control_maps: dict[int, Any] = {}
+    map_buttons: dict[int, Any] = {}
     with gr.Blocks(title="difflab") as blocks:
         gr.Markdown("## difflab\nJobs share the server's queue with the API (`/v1`, `/sdapi/v1`).")
         with gr.Tabs() as tabs:
@@ -265,14 +308,31 @@ def build_ui(app: FastAPI):
                                                                 elem_id="txt2img_hires_strength")
                                 t["hires_steps"] = gr.Slider(0, 150, value=0, step=1, label="Hires steps (0: same)",
                                                              elem_id="txt2img_hires_steps")
-                        with gr.Accordion("ControlNet", open=False):
-                            t["control_image"] = gr.Image(label="Control image", type="filepath",
-                                                          elem_id="txt2img_control_image")
+                            t["hires_upscaler"] = gr.Dropdown(label="Upscaler", choices=upscaler_names(),
+                                                              value="Lanczos", elem_id="txt2img_hires_upscaler")
+                        with gr.Accordion("Refiner (SDXL)", open=False):
                             with gr.Row():
-                                t["control_kind"] = gr.Dropdown(label="Preprocessor", choices=list(KINDS),
-                                                                value="canny", elem_id="txt2img_control_kind")
-                                t["control_scale"] = gr.Slider(0, MAX_SCALE, value=1.0, step=0.05,
-                                                               label="Control weight", elem_id="txt2img_control_scale")
+                                t["refiner"] = gr.Dropdown(label="Refiner model", choices=[ui_jobs.NO_REFINER],
+                                                           value=ui_jobs.NO_REFINER, elem_id="txt2img_refiner")
+                                t["refiner_switch"] = gr.Slider(0.05, 0.95, value=DEFAULT_REFINER_SWITCH, step=0.05,
+                                                                label="Switch at (fraction of the steps)",
+                                                                elem_id="txt2img_refiner_switch")
+                        for unit in range(1, CONTROL_UNITS + 1):
+                            with gr.Accordion(f"ControlNet unit {unit}", open=False, elem_id=f"txt2img_control{unit}"):
+                                with gr.Row():
+                                    t[f"control{unit}_image"] = gr.Image(label="Control image", type="filepath",
+                                                                         elem_id=f"txt2img_control{unit}_image")
+                                    control_maps[unit] = gr.Image(label="Preprocessed map", interactive=False,
+                                                                  elem_id=f"txt2img_control{unit}_map", format="png")
+                                with gr.Row():
+                                    t[f"control{unit}_kind"] = gr.Dropdown(
+                                        label="Preprocessor", choices=list(KINDS), value="canny",
+                                        elem_id=f"txt2img_control{unit}_kind")
+                                    t[f"control{unit}_scale"] = gr.Slider(
+                                        0, MAX_SCALE, value=1.0, step=0.05, label="Control weight",
+                                        elem_id=f"txt2img_control{unit}_scale")
+                                    map_buttons[unit] = gr.Button("Preview map",
+                                                                  elem_id=f"txt2img_control{unit}_preview")
                     with gr.Column():
                         t_out = output_panel("txt2img")
             with gr.Tab("img2img", id="img2img"):
@@ -310,7 +370,7 @@ def build_ui(app: FastAPI):
         i_inputs = [i[name] for name in IMG2IMG_FIELDS]
         for form, out, inputs, handler, name in ((t, t_out, t_inputs, generate_txt2img, "generate"),
                                                  (i, i_out, i_inputs, generate_img2img, "generate_img2img")):
-            outputs = [out["gallery"], out["status"], out["metadata"], out["paths"]]
+            outputs = [out["gallery"], out["status"], out["metadata"], out["paths"], out["progress"], out["preview"]]
             out["generate"].click(handler, inputs, outputs, api_name=name)
             # not queued behind the generation it stops: Gradio's queue runs one event of a kind at a time
             out["interrupt"].click(lambda status: ui_jobs.interrupt(server(), status), out["status"], out["status"],
@@ -318,6 +378,9 @@ def build_ui(app: FastAPI):
             out["gallery"].select(selected, out["paths"], out["metadata"])
             out["reuse_seed"].click(reuse_seed, out["metadata"], form["seed"], api_name=f"reuse_seed_{name}")
         t_out["reuse"].click(reuse, t_out["metadata"], t_inputs, api_name="reuse")
+        for unit in range(1, CONTROL_UNITS + 1):
+            map_buttons[unit].click(preview_map, [t[f"control{unit}_image"], t[f"control{unit}_kind"], t["width"],
+                                                  t["height"]], control_maps[unit], api_name=f"control_map_{unit}")
         i_out["reuse"].click(reuse, i_out["metadata"], t_inputs).then(lambda: gr.Tabs(selected="txt2img"), None, tabs)
         png_file.change(png_info, png_file, [png_parameters, png_fields], api_name="png_info")
         to_txt2img.click(send_to(TXT2IMG_FIELDS, "txt2img"), png_parameters, [*t_inputs, tabs],
@@ -333,9 +396,10 @@ def build_ui(app: FastAPI):
             current = server().a1111_options["sd_model_checkpoint"]
             loras = list(server().catalog.loras())
             return (gr.update(choices=models, value=current), gr.update(choices=loras),
-                    gr.update(choices=models, value=current), gr.update(choices=loras))
+                    gr.update(choices=models, value=current), gr.update(choices=loras),
+                    gr.update(choices=[ui_jobs.NO_REFINER, *models]))
 
-        blocks.load(on_load, None, [t["model"], t["loras"], i["model"], i["loras"]])
+        blocks.load(on_load, None, [t["model"], t["loras"], i["model"], i["loras"], t["refiner"]])
     return blocks
 
 

@@ -32,12 +32,23 @@ def sampler_field(sampler: Optional[str]) -> Optional[str]:
     return None if not sampler or sampler == MODEL_DEFAULT else sampler
 
 
-def hires_fields(enabled: bool, scale: float, strength: float, steps: int) -> dict[str, Any]:
+def hires_fields(enabled: bool, scale: float, strength: float, steps: int,
+                 upscaler: Optional[str] = None) -> dict[str, Any]:
     """The hires fix's request fields when the box is ticked; ``steps`` 0 means "the same as the first pass"."""
     if not enabled:
         return {}
     return {"hires_scale": float(scale), "hires_strength": float(strength),
-            "hires_steps": int(steps) if steps else None}
+            "hires_steps": int(steps) if steps else None, "hires_upscaler": upscaler or None}
+
+
+NO_REFINER = "None"
+
+
+def refiner_fields(refiner: Optional[str], switch: float) -> dict[str, Any]:
+    """The SDXL refiner's request fields when a refiner model is picked."""
+    if not refiner or refiner == NO_REFINER:
+        return {}
+    return {"refiner": refiner, "refiner_switch": float(switch)}
 
 
 def editor_images(value: Optional[dict[str, Any]]) -> tuple[Any, Any]:
@@ -68,11 +79,34 @@ def png_bytes(image) -> bytes:
 
 @dataclass(frozen=True)
 class Update:
-    """One report while a job runs: ``paths`` is set once it is done."""
+    """One report while a job runs: ``paths`` is set once it is done; ``preview`` (a PIL image) when the worker
+    made a new step preview since the last report (serve.previews, ``--preview-every``)."""
 
     job_id: str
     status: str
     paths: Optional[list[str]] = None
+    step: int = 0
+    steps: Optional[int] = None
+    preview: Any = None
+
+
+def progress_html(step: int, steps: Optional[int]) -> str:
+    """The progress bar under the Generate button: an HTML <progress> (indeterminate while queued)."""
+    if not steps:
+        return '<progress class="difflab-progress" style="width:100%"></progress>'
+    return (f'<progress class="difflab-progress" style="width:100%" value="{min(step, steps)}" max="{steps}">'
+            f"</progress>")
+
+
+def preview_image(preview) -> Any:
+    """A serve.previews.Preview as a PIL image."""
+    import base64
+
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(base64.b64decode(preview.png_base64)))
+    image.load()
+    return image
 
 
 def run_job(server, body: dict[str, Any], poll_s: float = 0.1) -> Iterator[Update]:
@@ -82,11 +116,17 @@ def run_job(server, body: dict[str, Any], poll_s: float = 0.1) -> Iterator[Updat
 
     request = validated_request(server, body)
     job = server.store.submit(request.model_dump(mode="json"), max_queue=server.config.max_queue, source="ui")
+    shown_step = None  # the step of the preview last sent: a preview goes to the browser once
     while not job.is_finished:
         position = server.store.position(job)
         status = (f"queued ({position} ahead)" if job.state == "queued"
                   else f"step {job.step}/{job.steps or '?'}")
-        yield Update(job.id, f"job {job.id}: {status}")
+        preview = server.worker.previews.latest(job.id)
+        fresh = preview is not None and preview.step != shown_step
+        if fresh:
+            shown_step = preview.step
+        yield Update(job.id, f"job {job.id}: {status}", step=job.step, steps=job.steps,
+                     preview=preview_image(preview) if fresh else None)
         time.sleep(poll_s)
         job = server.store.get(job.id)
     if job.state == "cancelled":
@@ -96,7 +136,8 @@ def run_job(server, body: dict[str, Any], poll_s: float = 0.1) -> Iterator[Updat
         raise ValueError(f"job {job.id} {job.state}: {job.error or ''}")
     paths = [str(server.config.images_dir / image["file"]) for image in job.images]
     seeds = ", ".join(str(image["seed"]) for image in job.images)
-    yield Update(job.id, f"job {job.id}: done, {len(paths)} image(s), seed {seeds}", paths)
+    yield Update(job.id, f"job {job.id}: done, {len(paths)} image(s), seed {seeds}", paths, job.steps or 0,
+                 job.steps)
 
 
 def interrupt(server, status: str) -> str:
