@@ -4,6 +4,7 @@ headless Chromium (Debian's chromium + chromedriver, driven by Selenium) where t
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -104,6 +105,22 @@ def test_hires_fix_doubles_the_size(client) -> None:
     record = json.loads(metadata)
     assert record["request"]["hires_scale"] == 2.0 and "Hires upscale: 2" in record["parameters"]
     assert record["request"]["hires_upscaler"] == "Nearest" and "Hires upscaler: Nearest" in record["parameters"]
+
+
+def test_refiner_and_the_second_control_unit_reach_the_request(client, tmp_path: Path) -> None:
+    """The tiny model is no SDXL base and has no ControlNet: the engine's refusals name the fields the form set."""
+    message = error_of(client, *txt2img(refiner=("tiny", 0.7)))
+    assert "refiner" in message and "SDXL" in message
+    edges = tmp_path / "edges.png"
+    Image.new("RGB", (32, 32)).save(edges)
+    message = error_of(client, *txt2img(control2=(gradio_client.handle_file(str(edges)), "scribble", 0.5)))
+    assert "controls" in message and "scribble" in message
+    # the map preview of a unit (the button's endpoint) at the form's size
+    shown = client.predict(gradio_client.handle_file(str(edges)), "none", 64, 64, api_name="/control_map_1")
+    with Image.open(shown) as made:
+        assert made.size == (64, 64)
+    assert "aspect ratio" in error_of(client, gradio_client.handle_file(str(edges)), "canny", 64, 32,
+                                      api_name="/control_map_1")
 
 
 def test_img2img_and_inpainting_with_a_painted_mask(client, tmp_path: Path) -> None:
@@ -256,16 +273,25 @@ def test_browser_generate_then_click_an_image_shows_its_parameters(ui_server, br
 
 
 @needs_chromium
-def test_browser_interrupt_stops_the_running_job(ui_server, browser) -> None:
+def test_browser_live_preview_then_interrupt_stops_the_running_job(ui_server, browser) -> None:
+    """The server's step previews (on by default with --ui) appear under the progress bar while the job runs;
+    Interrupt then stops it within a step."""
     from selenium.webdriver.common.by import By
 
     driver = browser
     wait = _open_ui(driver, ui_server.url)
+    assert not driver.find_elements(By.CSS_SELECTOR, "#txt2img_preview img")  # nothing before a job
     driver.find_element(By.CSS_SELECTOR, "#txt2img_prompt textarea").send_keys("a long job")
     for field, value in (("steps", "150"), ("width", "64"), ("height", "64")):
         _type(driver, f"#txt2img_{field} input[type=number]", value)
     driver.find_element(By.CSS_SELECTOR, "#txt2img_generate").click()
-    wait.until(lambda d: re.search(r"step [1-9]\d*/150", _status(d)))
+    preview = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#txt2img_preview img"))[0]
+    wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", preview))
+    assert driver.execute_script("return arguments[0].naturalWidth", preview) == 64  # the 64 px job's preview
+    step = int(re.search(r"step (\d+)/150", _status(driver)).group(1))
+    value = driver.find_element(By.CSS_SELECTOR, "#txt2img_progress progress").get_attribute("value")
+    assert 0 < step < 150 and 0 < int(value) < 150  # the progress bar moves with the job
+    driver.save_screenshot(str(artifacts_dir() / "ui-live-preview.png"))
     driver.find_element(By.CSS_SELECTOR, "#txt2img_interrupt").click()
     wait.until(lambda d: "interrupted" in _status(d))
     job_id = re.search(r"job ([0-9a-f]{32})", _status(driver)).group(1)
@@ -273,6 +299,109 @@ def test_browser_interrupt_stops_the_running_job(ui_server, browser) -> None:
     assert job["state"] == "cancelled" and job["progress"]["step"] < 150
     assert _toasts(driver) == []
     driver.save_screenshot(str(artifacts_dir() / "ui-interrupted.png"))
+    assert not driver.find_elements(By.CSS_SELECTOR, "#txt2img_preview img")  # gone with the job
+
+
+def _tab(driver, name: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    next(button for button in driver.find_elements(By.CSS_SELECTOR, "button[role=tab]")
+         if button.text.strip() == name).click()
+
+
+@needs_chromium
+def test_browser_inpaints_what_the_brush_paints(ui_server, browser, tmp_path: Path) -> None:
+    """img2img with a mask drawn in the page: the brush's strokes (not an uploaded file) become the mask."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    wait = _open_ui(driver, ui_server.url)
+    _tab(driver, "img2img")
+    init = tmp_path / "init.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(init)
+    driver.find_element(By.CSS_SELECTOR, "#img2img_prompt textarea").send_keys("a red square")
+    _type(driver, "#img2img_steps input[type=number]", "2")
+    driver.find_element(By.CSS_SELECTOR, "#img2img_editor input[type=file]").send_keys(str(init))
+    canvas = wait.until(lambda d: [c for c in d.find_elements(By.CSS_SELECTOR, "#img2img_editor canvas")
+                                   if c.size["width"] > 0])[-1]
+    brush = driver.find_element(By.CSS_SELECTOR, "#img2img_editor button[aria-label=Brush]")
+    assert "highlight" in brush.get_attribute("class")  # the brush is the tool once an image is in
+    time.sleep(1.0)  # the editor draws the image into the canvas after the upload
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
+    # a stroke across the middle of the picture (the canvas centres it)
+    ActionChains(driver).move_to_element_with_offset(canvas, -12, 0).click_and_hold().move_by_offset(8, 0) \
+        .move_by_offset(8, 0).move_by_offset(8, 0).release().perform()
+    driver.find_element(By.CSS_SELECTOR, "#img2img_generate").click()
+    wait.until(lambda d: "done" in _status(d, "img2img"))
+    job_id = re.search(r"job ([0-9a-f]{32})", _status(driver, "img2img")).group(1)
+    request = httpx.get(f"{ui_server.url}/v1/jobs/{job_id}").json()["request"]
+    assert request["init_image"] and request["mask"], request
+    with Image.open(ui_server.data_dir / "inputs" / request["mask"]) as mask:
+        assert mask.size == (64, 64) and mask.getpixel((32, 32)) == 255  # painted: redrawn
+        assert mask.getpixel((2, 2)) == 0 and mask.getpixel((32, 60)) == 0  # the rest is kept
+    assert _toasts(driver) == []
+    driver.save_screenshot(str(artifacts_dir() / "ui-inpaint.png"))
+
+
+@needs_chromium
+def test_browser_png_info_then_send_to_txt2img(ui_server, browser, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    wait = _open_ui(driver, ui_server.url)
+    _tab(driver, "PNG Info")
+    path = tmp_path / "a1111.png"
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", A1111_PARAMETERS)
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    # the drop zone's file input: what a dropped file reaches
+    driver.find_element(By.CSS_SELECTOR, "#pnginfo_file input[type=file]").send_keys(str(path))
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#pnginfo_parameters textarea")
+               .get_attribute("value") == A1111_PARAMETERS)
+    driver.save_screenshot(str(artifacts_dir() / "ui-pnginfo.png"))
+    driver.find_element(By.CSS_SELECTOR, "#pnginfo_to_txt2img").click()
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#txt2img_prompt textarea").get_attribute("value")
+               == "a castle on a hill")
+    assert driver.find_element(By.CSS_SELECTOR, "#txt2img_prompt textarea").is_displayed()  # its tab is shown
+
+    def value(selector: str) -> str:
+        return driver.find_element(By.CSS_SELECTOR, selector).get_attribute("value")
+
+    assert value("#txt2img_negative textarea") == "fog" and value("#txt2img_seed input") == "1234"
+    assert value("#txt2img_steps input[type=number]") == "3" and value("#txt2img_height input[type=number]") == "40"
+    assert value("#txt2img_sampler input") == "DPM++ 2M Karras"
+    assert _toasts(driver) == []
+
+
+@needs_chromium
+def test_browser_controlnet_unit_previews_its_map(ui_server, browser, tmp_path: Path) -> None:
+    """"Preview map" shows the preprocessed map the unit's ControlNet would see: the engine's canny of the
+    picture at the output size, the same map POST /controlnet/detect answers."""
+    import numpy as np
+    from selenium.webdriver.common.by import By
+
+    from difflab.engine.control import canny
+
+    driver = browser
+    wait = _open_ui(driver, ui_server.url)
+    picture = Image.new("RGB", (32, 32), "black")
+    picture.paste((230, 40, 40), (8, 8, 24, 24))
+    path = tmp_path / "picture.png"
+    picture.save(path)
+    for field, value in (("width", "64"), ("height", "64")):
+        _type(driver, f"#txt2img_{field} input[type=number]", value)
+    driver.find_element(By.CSS_SELECTOR, "#txt2img_control2 button.label-wrap").click()  # open unit 2
+    driver.find_element(By.CSS_SELECTOR, "#txt2img_control2_image input[type=file]").send_keys(str(path))
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#txt2img_control2_image img"))
+    driver.find_element(By.CSS_SELECTOR, "#txt2img_control2_preview").click()
+    shown = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#txt2img_control2_map img"))[0]
+    wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", shown))
+    made = Image.open(io.BytesIO(httpx.get(shown.get_attribute("src"), timeout=30).content)).convert("RGB")
+    expected = canny(picture.resize((64, 64), Image.LANCZOS))
+    assert made.size == (64, 64) and np.array_equal(np.asarray(made), np.asarray(expected))
+    assert _toasts(driver) == []
+    driver.save_screenshot(str(artifacts_dir() / "ui-controlnet.png"))
 
 
 @needs_chromium

@@ -252,7 +252,7 @@ def build_ui(app: FastAPI):
             c["guidance"] = gr.Slider(0, 20, value=7.5, step=0.5, label="Guidance (CFG)", elem_id=f"{tab}_guidance")
         with gr.Row():
             c["seed"] = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id=f"{tab}_seed", scale=3)
-            dice = gr.Button("Random", elem_id=f"{tab}_random_seed", scale=0, min_width=40)
+            dice = gr.Button("Random", elem_id=f"{tab}_random_seed", scale=0, min_width=100)  # A1111's dice: -1
             dice.click(lambda: -1, None, c["seed"])
             c["n"] = gr.Slider(1, 8, value=1, step=1, label="Images", elem_id=f"{tab}_n", scale=3)
         return c
@@ -312,8 +312,10 @@ def build_ui(app: FastAPI):
                                                               value="Lanczos", elem_id="txt2img_hires_upscaler")
                         with gr.Accordion("Refiner (SDXL)", open=False):
                             with gr.Row():
+                                # choices arrive with the page (the server's models); the request checks the name
                                 t["refiner"] = gr.Dropdown(label="Refiner model", choices=[ui_jobs.NO_REFINER],
-                                                           value=ui_jobs.NO_REFINER, elem_id="txt2img_refiner")
+                                                           value=ui_jobs.NO_REFINER, allow_custom_value=True,
+                                                           elem_id="txt2img_refiner")
                                 t["refiner_switch"] = gr.Slider(0.05, 0.95, value=DEFAULT_REFINER_SWITCH, step=0.05,
                                                                 label="Switch at (fraction of the steps)",
                                                                 elem_id="txt2img_refiner_switch")
