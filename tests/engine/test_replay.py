@@ -116,6 +116,23 @@ def test_a1111_parameters_alone_are_replayed(tiny_sd_folder: Path, tmp_path: Pat
     assert any("not made by difflab" in warning for warning in plan.warnings)
 
 
+def test_the_models_own_sampler_is_named_and_replays_from_the_parameters_alone(tiny_sd_folder: Path,
+                                                                                tmp_path: Path) -> None:
+    """No --scheduler and a folder that is no preset: the model draws with its saved DPM-Solver++ config, and the PNG
+    names it as A1111 does ("DPM++ 2M"), not "model default" (which A1111 cannot read); replaying that name from the
+    parameters alone is the same image."""
+    (original,) = generate(tiny_sd_folder, tmp_path, "--seed", "5", settings=["--steps", "4", "--width", "64",
+                                                                              "--height", "64"])
+    text, _ = read_png_metadata(original)
+    assert "Sampler: DPM++ 2M," in text and "model default" not in text
+    stripped = tmp_path / "stripped.png"
+    with Image.open(original) as image:
+        image.save(stripped, pnginfo=png_info(text))
+    plan = plan_replay(stripped, model=str(tiny_sd_folder))
+    assert plan.source == FROM_PARAMETERS and plan.request.scheduler == "DPM++ 2M"
+    assert replay(plan, CACHE).comparison.identical
+
+
 @pytest.mark.parametrize("make,message", [
     (lambda path: Image.new("RGB", (8, 8)).save(path), "carries no generation metadata"),
     (lambda path: path.write_bytes(b"not a png"), "cannot be read"),

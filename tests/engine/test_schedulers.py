@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler
 
-from difflab.engine.schedulers import SAMPLER_NAMES, SAMPLER_SPECS, make_scheduler, resolve_sampler
+from difflab.engine.schedulers import SAMPLER_NAMES, SAMPLER_SPECS, make_scheduler, resolve_sampler, sampler_name_of
 
 SD_CONFIG = dict(DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                                prediction_type="v_prediction", timestep_spacing="leading", steps_offset=1).config)
@@ -54,3 +54,19 @@ def test_karras_does_not_leak_from_the_base_config() -> None:
     plain = make_scheduler("DPM++ 2M", karras_base)
     assert isinstance(plain, DPMSolverMultistepScheduler) and not plain.config.use_karras_sigmas
     assert isinstance(make_scheduler("Euler a", karras_base), EulerAncestralDiscreteScheduler)
+
+
+@pytest.mark.parametrize("name", SAMPLER_NAMES)
+def test_a_saved_scheduler_config_is_named_back(name: str) -> None:
+    """What a diffusers folder saves for each sampler (its scheduler_config.json, as save_pretrained writes it) is
+    read back as that sampler's A1111 name: the PNG of a model's own scheduler says which sampler it was."""
+    config = dict(make_scheduler(name, SD_CONFIG).config)
+    config["_class_name"] = resolve_sampler(name).scheduler
+    assert sampler_name_of(config) == name
+
+
+def test_a_scheduler_config_a1111_has_no_name_for_is_none() -> None:
+    assert sampler_name_of({"_class_name": "FlowMatchEulerDiscreteScheduler"}) is None
+    third_order = dict(make_scheduler("DPM++ 2M", SD_CONFIG).config, _class_name="DPMSolverMultistepScheduler",
+                       solver_order=3)
+    assert sampler_name_of(third_order) is None

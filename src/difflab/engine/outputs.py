@@ -36,10 +36,23 @@ def _weights_file(path: Path) -> Path | None:
     return path
 
 
+def own_sampler_name(path: Path) -> str | None:
+    """The A1111 name of a diffusers folder's own scheduler (its scheduler_config.json), when it is one A1111 has."""
+    import json
+
+    from difflab.engine.schedulers import sampler_name_of
+
+    config_file = Path(path) / "scheduler" / "scheduler_config.json"
+    try:
+        return sampler_name_of(json.loads(config_file.read_text()))
+    except (OSError, ValueError):
+        return None  # a single-file checkpoint or an unreadable config: the PNG says "model default"
+
+
 def a1111_settings(settings: Settings, seed: int, hash_: str) -> dict[str, Any]:
     return {
         "Steps": settings.steps,
-        "Sampler": settings.scheduler or "model default",
+        "Sampler": settings.scheduler or own_sampler_name(settings.model.path) or "model default",
         "CFG scale": settings.guidance,
         "Seed": seed,
         "Size": f"{settings.width}x{settings.height}",

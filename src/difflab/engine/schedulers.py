@@ -85,3 +85,17 @@ def make_scheduler(name: str, base_config: dict[str, Any]):
     # a karras option from the model's previous scheduler must not leak into a sampler that is not Karras
     config.pop("use_karras_sigmas", None)
     return scheduler_class.from_config(config, **spec.options)
+
+
+def sampler_name_of(config: dict[str, Any]) -> str | None:
+    """The A1111 name of a saved diffusers scheduler config, when one of SAMPLER_SPECS is exactly it (same class,
+    every option of the spec equal, Karras sigmas on or off alike); None otherwise. What the PNG says for a model's
+    own scheduler, so that A1111 and ``difflab replay`` read a sampler they know instead of "model default"."""
+    for spec in SAMPLER_SPECS:
+        if config.get("_class_name") != spec.scheduler:
+            continue
+        if bool(config.get("use_karras_sigmas", False)) != bool(spec.options.get("use_karras_sigmas", False)):
+            continue
+        if all(config.get(key) == value for key, value in spec.options.items()):
+            return spec.name
+    return None
