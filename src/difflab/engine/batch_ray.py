@@ -291,4 +291,4 @@ def _draw(ray, plan: BatchPlan, folder: Path, work: list[dict], size: PoolSize) 
 
 def _first_line(error: BaseException) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[-1] if lines else ''}"[:300]
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
