@@ -1,7 +1,9 @@
 """Benchmark: `difflab batch` throughput (images/s) on this process vs on Ray with 1 and 2 workers (issue 21).
 
 One run measures, on the same prompt file (``--images`` lines of one image each, distinct prompts and seeds):
-- the local batch (``engine.batch.run_batch``, this process, torch's default thread count);
+- the local batch (``engine.batch.run_batch``, this process, ``--local-threads`` torch threads: 1 by default, the
+  Ray workers' count, so the Ray rows differ from it only by Ray; on a shared machine more threads than free cores
+  also make OpenMP wait on each other);
 - Ray with 1 worker and with 2 workers, one torch thread (one Ray CPU) each, on a local cluster of this machine
   (``ray.init(num_cpus=2)`` unless ``--cpus``), through ``engine.batch_ray.run_batch_ray``: exactly what
   ``difflab batch --ray`` runs.
@@ -80,6 +82,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="tiny-shapes' own default")
     parser.add_argument("--model", default="tiny-shapes")
     parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--local-threads", type=int, default=1)
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray cluster")
     parser.add_argument("--gpu-model", default="tiny-shapes")
     parser.add_argument("--gpu-size", type=int, default=512)
@@ -92,11 +95,14 @@ def main() -> None:
 
     from difflab.engine.batch import plan_batch, run_batch
     from difflab.engine.batch_ray import RayOptions, run_batch_ray
+    from difflab.cli import quiet_libraries
     from difflab.engine.pipeline import PipelineCache
 
+    quiet_libraries()
     load = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="batch-scale-"))
     plan = plan_batch(write_prompts(work / "prompts.jsonl", args.images, args.steps, args.model, args.size))
+    torch.set_num_threads(args.local_threads)
     local_threads = torch.get_num_threads()
     rows = [timed(f"local batch ({local_threads} torch threads)", run_batch(plan, work / "local", PipelineCache()))]
 
