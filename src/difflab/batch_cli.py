@@ -62,6 +62,11 @@ def batch_command(
     width: Optional[int] = typer.Option(None, help="Width (multiple of 8) where a line sets none (else the model's)."),
     height: Optional[int] = typer.Option(None, help="Height where a line sets none (else the model's)."),
     model: Optional[str] = typer.Option(None, help="Model where a line sets none: preset, hub id (cached), folder or .safetensors."),
+    ray: bool = typer.Option(False, "--ray", help="Draw on Ray actors (the ray extra); this process writes the folder."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --ray: join this cluster "
+                                              "(HOST:PORT, ray://HOST:PORT, auto) instead of starting one here."),
+    ray_workers: Optional[int] = typer.Option(None, "--ray-workers", min=1, help="With --ray: actors, one pipeline "
+                                              "each (default: one per GPU, else one per node)."),
 ) -> None:
     """Generate every request of a prompt file into a folder: PNGs, a manifest, a contact sheet; resumable.
 
@@ -70,15 +75,19 @@ def batch_command(
 
     try:
         from difflab.engine.batch import ImageFinished, LineStarted, check_folder, plan_batch, run_batch, write_contact_sheets
+        from difflab.engine.batch_ray import RayBatchFailed, RayOptions, run_batch_ray
         from difflab.engine.pipeline import PipelineCache
 
         defaults = dict(n=n, negative_prompt=negative, steps=steps, guidance=guidance, seed=seed, scheduler=scheduler,
                         width=width, height=height, model=model)
+        if not ray and (ray_address is not None or ray_workers is not None):
+            raise ValueError(f"{'--ray-address' if ray_address is not None else '--ray-workers'} needs --ray")
         plan = plan_batch(prompts, defaults)
         check_output(out)  # a file or an unwritable place fails before any weights load
         check_folder(plan, out)  # before the first write: a refused folder is left as it was
         quiet_libraries()
         cache = PipelineCache()
+        options = RayOptions(address=ray_address, workers=ray_workers) if ray else None
         made = skipped = 0
         try:
             with progress_bar("batch") as progress:
@@ -88,7 +97,8 @@ def batch_command(
                 def on_step(done: int, total: int) -> None:
                     progress.update(task, completed=made + skipped + current["images"] * done / total)
 
-                for event in run_batch(plan, out, cache, on_step=on_step):
+                for event in (run_batch(plan, out, cache, on_step=on_step) if options is None
+                              else run_batch_ray(plan, out, options, on_step=on_step)):
                     if isinstance(event, LineStarted):
                         current.update(line=event.line, images=event.images)
                         progress.update(task, info=f"line {event.line}")
@@ -102,6 +112,9 @@ def batch_command(
             typer.echo(f"error: --out {str(out)!r}: could not write ({error.strerror or error}) after {made} "
                        "image(s) of this run; finished images are kept with whole manifest lines: rerun the same "
                        "command to resume once the folder can be written", err=True)
+            raise typer.Exit(1) from None
+        except RayBatchFailed as error:  # workers kept dying, or a line failed on one: finished images are kept
+            typer.echo(f"error: {error}", err=True)
             raise typer.Exit(1) from None
     except ValueError as error:
         fail(str(error))

@@ -29,6 +29,7 @@ import csv
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -336,17 +337,12 @@ def run_batch(plan: BatchPlan, folder: str | Path, cache, *,
               on_step: Optional[Callable[[int, int], None]] = None) -> Iterator[LineStarted | ImageFinished]:
     """Generate every image of the plan not already finished in ``folder``; yields progress events. The folder is
     checked (``check_folder``: a refusal writes nothing) before it is created, then locked for the run."""
-    from difflab.core.checkpoint import atomic_write_bytes
     from difflab.engine.outputs import image_png
     from difflab.engine.pipeline import run
 
     folder = Path(folder)
     check_folder(plan, folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    with FolderLock(folder):
-        check_folder(plan, folder)  # again under the lock: another run may have started meanwhile
-        write_batch_file(plan, folder)
-        done = finished_images(plan, folder)
+    with opened_folder(plan, folder) as done:
         current_model = None
         for item in plan.lines:
             request = item.request
@@ -363,13 +359,32 @@ def run_batch(plan: BatchPlan, folder: str | Path, cache, *,
             result = run(request, cache, on_step=on_step)
             for index in missing:
                 data = image_png(result, index, cache.placement)
-                name = item.file_name(index)
-                atomic_write_bytes(folder / name, data)
-                entry = {"line": item.line, "index": index, "seed": result.seeds[index], "path": name,
-                         "sha256": hashlib.sha256(data).hexdigest(),
-                         "seconds": round(result.seconds / request.n, 4)}  # the line's time, split evenly
-                append_manifest(folder, entry)
+                entry = save_image(folder, item, index, data, result.seeds[index], result.seconds / request.n)
                 yield ImageFinished(entry, skipped=False)
+
+
+@contextmanager
+def opened_folder(plan: BatchPlan, folder: Path) -> Iterator[dict[tuple[int, int], dict]]:
+    """The output folder created, locked for the run, ``batch.json`` written: yields what is already finished
+    (``finished_images``). Call ``check_folder`` first, before anything slow, so a refusal comes early."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with FolderLock(folder):
+        check_folder(plan, folder)  # again under the lock: another run may have started meanwhile
+        write_batch_file(plan, folder)
+        yield finished_images(plan, folder)
+
+
+def save_image(folder: Path, item: BatchLine, index: int, data: bytes, seed: int, seconds: float) -> dict:
+    """Image ``index`` of ``item`` written under its name, *then* its manifest line appended; returns the entry.
+    ``seconds`` is this image's share of its line's time."""
+    from difflab.core.checkpoint import atomic_write_bytes
+
+    name = item.file_name(index)
+    atomic_write_bytes(folder / name, data)
+    entry = {"line": item.line, "index": index, "seed": seed, "path": name,
+             "sha256": hashlib.sha256(data).hexdigest(), "seconds": round(seconds, 4)}
+    append_manifest(folder, entry)
+    return entry
 
 
 # 4. The contact sheet
