@@ -11,10 +11,13 @@ from PIL import Image
 from difflab.core.samplers import SamplerStep
 from difflab.viz.grid import make_grid, to_pil
 
+ROW_LABELS = ("x_t", "x0 est.")  # the noisy state, the model's estimate of the clean image at that step
+
 
 def trajectory_grid(steps: Iterable[SamplerStep], *, columns: int = 10, scale: int = 6) -> Image.Image:
     """Two rows for the first sample: x at each step (top; shown in the DDPM scale x / sqrt(1 + sigma^2), the
-    range the network sees) and the x_0 estimate used at that step (bottom), at ``columns`` evenly chosen steps."""
+    range the network sees) and the x_0 estimate used at that step (bottom), at ``columns`` evenly chosen steps;
+    rows named in the left margin, columns "step k/n" above."""
     steps = list(steps)
     if not steps:
         raise ValueError("trajectory_grid needs at least one sampler step")
@@ -25,5 +28,5 @@ def trajectory_grid(steps: Iterable[SamplerStep], *, columns: int = 10, scale: i
         states.append(step.x[:1] / math.sqrt(1 + step.sigma_next**2))
         estimates.append(step.denoised[:1])
     tiles = to_pil(torch.cat(states)) + to_pil(torch.cat(estimates))
-    labels = [f"{steps[i].index + 1}/{steps[i].total}" for i in picked]
-    return make_grid(tiles, columns=len(picked), scale=scale, labels=labels)
+    labels = [f"step {steps[i].index + 1}/{steps[i].total}" for i in picked]
+    return make_grid(tiles, columns=len(picked), scale=scale, labels=labels, row_labels=ROW_LABELS)
