@@ -39,3 +39,11 @@ def test_a_guidance_plot_is_one_call_per_row_and_each_cell_is_its_request(tiny_s
     assert drawn.row(1)[2] is drawn.images[(0, 1, 1)]  # prompt-major, seed-minor
     grid = drawn.grid()
     assert grid.width > 2 * 2 * 128 and grid.height > 2 * 128  # 32-px cells at 4x, under labels
+
+
+def test_clip_skip_is_an_xyz_axis() -> None:
+    from difflab.engine.xyz import cell_fields, parse_axis
+
+    axis = parse_axis("clip-skip:1-3", "--y")
+    assert axis.values == (1, 2, 3) and axis.label(2) == "Clip skip: 2"
+    assert cell_fields({"prompt": "a red circle"}, [parse_axis("seed:0", "--x"), axis], (0, 2))["clip_skip"] == 3
