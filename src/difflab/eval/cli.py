@@ -158,7 +158,9 @@ def negative_command(
             effect = t2i.negative_prompt_effect(model, prompt, negative, n=n, seed=seed, guidance=guidance,
                                                 steps=steps, scheduler=scheduler,
                                                 progress=lambda k: progress.advance(task, k))
-        grid = make_grid(effect.images_without + effect.images_with, columns=n, scale=2)
+        grid = make_grid(effect.images_without + effect.images_with, columns=n, scale=2,
+                         labels=[f"seed {seed + i}" for i in range(n)],
+                         row_labels=["without", f"negative: {negative}"])
         _write_files(out, {"grid.png": png_bytes(grid), "negative.json": _json(
             {k: v for k, v in vars(effect).items() if not k.startswith("images")})})
         typer.echo(effect.table())
