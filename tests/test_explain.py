@@ -67,3 +67,65 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(args: list[str], messa
     assert result.exit_code == 2
     assert message in result.output
     assert not out.exists()
+
+
+TINY_SHAPES = Path(__file__).resolve().parents[1] / "src" / "difflab" / "models" / "tiny-shapes" / "model_index.json"
+needs_tiny_shapes = pytest.mark.skipif(not TINY_SHAPES.is_file(), reason="the bundled tiny-shapes weights are absent")
+
+
+def _numbers(line: str) -> list[str]:
+    return line.split()
+
+
+def test_vae_topic_quotes_its_table(tiny_sd_folder: Path, tmp_path: Path) -> None:  # noqa: F811
+    result = runner.invoke(app, ["explain", "vae", "--model", str(tiny_sd_folder), "-o", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    rms = {cells[0]: cells[1] for cells in map(str.split, lines) if cells[:1] in (["large"], ["small"])}
+    assert sorted(rms) == ["large", "small"]
+    prose = " ".join(lines)
+    assert f"(RMS {rms['small']} against {rms['large']})" in prose
+    small, large = float(rms["small"]), float(rms["large"])
+    word = "more" if small > large else "less" if small < large else "as much"
+    assert f"Small shapes lose {word} in the round trip" in prose
+    assert "scaling factor" in prose and Path(lines[-1]) == tmp_path / "vae.png" and Path(lines[-1]).is_file()
+
+
+@needs_tiny_shapes
+def test_clip_skip_topic_draws_each_skip_and_quotes_its_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the bundled model (3 text-encoder layers): rows clip skip 1..3, images the engine draws with
+    ``clip_skip``, and the sentence's adherence figures are the table's first and last rows."""
+    from difflab.explain import clip_skip
+
+    monkeypatch.setattr(clip_skip, "PROMPTS", ("a red circle",))
+    monkeypatch.setattr(clip_skip, "SEEDS", 1)
+    result = runner.invoke(app, ["explain", "clip-skip", "-o", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    rows = [cells for cells in map(str.split, result.output.splitlines()) if len(cells) == 4 and cells[0].isdigit()]
+    assert [row[0] for row in rows] == ["1", "2", "3"]
+    assert rows[0][1:3] == ["1.000", "0.000"]  # clip skip 1 against itself
+    assert float(rows[2][2]) > 0  # skipping layers changes the picture drawn from the same seed
+    prose = " ".join(result.output.splitlines())
+    assert f"from {rows[0][3]} at clip skip 1 to {rows[2][3]} at 3" in prose
+    assert (tmp_path / "clip-skip.png").is_file()
+
+
+@pytest.mark.slow
+@needs_tiny_shapes
+def test_controlnet_topic_runs_the_bundled_controlnet_with_and_without(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["explain", "controlnet", "-o", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    f1 = {cells[1]: float(cells[3]) for cells in map(str.split, result.output.splitlines())
+          if len(cells) == 5 and cells[0] == "|" and cells[1] in ("0", "1")}
+    assert f1["1"] > f1["0"]  # measured here: 0.911 with control, 0.195 without
+    assert f"edge F1 {f1['1']:.3f} against {f1['0']:.3f} without" in " ".join(result.output.splitlines())
+    assert (tmp_path / "controlnet.png").is_file() and (tmp_path / "controlnet-picture.png").is_file()
+
+
+def test_controlnet_topic_names_a_model_without_a_controlnet(tiny_sd_folder: Path,  # noqa: F811
+                                                            tmp_path: Path) -> None:
+    out = tmp_path / "figures"
+    result = runner.invoke(app, ["explain", "controlnet", "--model", str(tiny_sd_folder), "-o", str(out)])
+    assert result.exit_code == 2
+    assert "topic controlnet runs on a text-to-image model: its canny ControlNet" in result.output
+    assert not out.exists()

@@ -158,7 +158,8 @@ bundled = load_model(DIGITS_MODEL)
 samples = {"200 steps": sample_images(load_model(OUT / "short-run"), request), "bundled": sample_images(bundled, request)}
 first = [i for i in range(len(labels)) if i % 10 == 0]  # one of each digit
 tiles = [tile for name in samples for tile in to_pil(samples[name][first])]
-make_grid(tiles, columns=10, scale=6).save(OUT / "short-vs-bundled.png")
+make_grid(tiles, columns=10, scale=6, labels=[f"digit {d}" for d in range(10)],
+          row_labels=list(samples)).save(OUT / "short-vs-bundled.png")
 display(Image(filename=OUT / "short-vs-bundled.png"))
 floor = noise_floor(len(labels))
 for name, images in samples.items():
@@ -180,7 +181,8 @@ sampler_names = ["ddpm", "ddim", "euler", "euler-ancestral", "heun", "dpmpp-2m"]
 one_each = tuple(range(10))
 rows = {name: sample_images(bundled, SampleRequest(labels=one_each, sampler=name, steps=20, seed=0))
         for name in sampler_names}
-make_grid([tile for name in sampler_names for tile in to_pil(rows[name])], columns=10, scale=6).save(OUT / "samplers-same-seed.png")
+make_grid([tile for name in sampler_names for tile in to_pil(rows[name])], columns=10, scale=6,
+          labels=[f"digit {d}" for d in one_each], row_labels=sampler_names).save(OUT / "samplers-same-seed.png")
 print("rows, top to bottom:", ", ".join(sampler_names))
 display(Image(filename=OUT / "samplers-same-seed.png"))
 print("DDIM (eta = 0) and Euler give the same images:", torch.allclose(rows["ddim"], rows["euler"], atol=1e-5),

@@ -47,11 +47,12 @@ print(f"{MODEL}: {model.family} family, {model.width}x{model.height}, {model.ste
       f"scheduler {model.scheduler or 'its own'}; on {cache.placement.describe()}")
 
 
-def show(images, columns=None, name="grid.png", scale=None):
-    """Tile PIL images and display the grid (small models' images are scaled up to be visible)."""
+def show(images, columns=None, name="grid.png", scale=None, labels=None, row_labels=None):
+    """Tile PIL images and display the grid (small models' images are scaled up to be visible), with the columns'
+    ``labels`` above them and the rows' ``row_labels`` to their left."""
     scale = scale or max(1, 256 // images[0].width)
     path = OUT / name
-    make_grid(images, columns=columns, scale=scale).save(path)
+    make_grid(images, columns=columns, scale=scale, labels=labels, row_labels=row_labels).save(path)
     display(Image(filename=path))
 
 
@@ -66,7 +67,7 @@ def show(images, columns=None, name="grid.png", scale=None):
 request = build_request(prompt="a red circle on a blue background", model=MODEL, n=4, seed=0)
 result = run(request, cache)
 print(f"{len(result.images)} images in {result.seconds:.1f} s; seeds {result.seeds}")
-show(result.images, columns=4, name="seeds.png")
+show(result.images, columns=4, name="seeds.png", labels=[f"seed {s}" for s in result.seeds])
 paths = save_result(result, OUT / "generate", placement=cache.placement)
 print("saved with their parameters embedded (A1111 text + difflab's JSON record):", paths[0])
 again = run(request, cache)
@@ -78,24 +79,26 @@ print("the same request again gives the same pixels:", same)
 #
 # Classifier-free guidance runs the U-Net with and without the prompt and extrapolates:
 # $\varepsilon = \varepsilon_\text{uncond} + s(\varepsilon_\text{cond} - \varepsilon_\text{uncond})$.
-# `difflab.eval.t2i.guidance_sweep` draws the same prompts and seeds at each scale and reads shape and colour
-# back with a fixed analyzer (adherence), next to how much the seeds still vary (diversity).
-# (`difflab eval guidance-sweep`)
+# `difflab.viz.guidance.guidance_plot` draws the same prompts and seeds at each scale, as an X/Y/Z plot (the
+# `difflab xyz` code: rows "CFG Scale", columns "Seed", a block per prompt), and reads shape and colour back with
+# a fixed analyzer (adherence), next to how much the seeds still vary (diversity). The paragraph under the table
+# is written from its numbers. (`difflab explain guidance`; `difflab eval guidance-sweep` for all 32 prompts)
 
 # %%
-from difflab.eval.t2i import guidance_sweep, sweep_grid
+from difflab.explain.guidance import sentences
+from difflab.viz.guidance import guidance_plot
 
 prompts = ["a red circle", "a blue square", "a green triangle", "a yellow star"]
-sweep = guidance_sweep(MODEL, (1.0, 3.0, 7.5, 15.0), seeds_per_prompt=3, prompts=prompts, cache=cache)
+sweep = guidance_plot(MODEL, prompts, (1.0, 3.0, 7.5, 15.0), seeds=3, cache=cache)
 display(Markdown("```\n" + sweep.table() + "\n```"))
-sweep_grid(sweep, prompts_shown=4, scale=2).save(OUT / "guidance.png")
-print("rows: guidance 1, 3, 7.5, 15; columns: 3 seeds of each prompt")
+print(sentences(sweep.result.rows, len(prompts) * 3))
+sweep.grid().save(OUT / "guidance.png")
 display(Image(filename=OUT / "guidance.png"))
 
 # %% [markdown]
-# Low guidance follows the prompt loosely (lower adherence, more variety); 7-8 follows it; 15 follows it too but
-# pushes colours past what the training images had and the seeds vary less. *What does guidance 15 do that 7
-# does not?* It trades diversity and naturalness for adherence that 7 already mostly has.
+# *What does guidance 15 do that 7 does not?* Read it off your own table: compare the two rows' adherence and
+# diversity, then look at the same seeds in the grid. Where 15 loses adherence, the push overshoots what the
+# training images look like; where it loses diversity, every seed is pulled towards one picture of the prompt.
 #
 # ## 3. Negative prompts, measured
 #
@@ -109,8 +112,8 @@ from difflab.eval.t2i import negative_prompt_effect
 if model.family in FAMILIES_WITH_NEGATIVE_PROMPT:
     effect = negative_prompt_effect(MODEL, "a circle", "red", n=12, cache=cache)
     display(Markdown("```\n" + effect.table() + "\n```"))
-    print("top: no negative prompt; bottom: negative prompt 'red' (same seeds)")
-    show(effect.images_without + effect.images_with, columns=12, name="negative.png", scale=2)
+    show(effect.images_without + effect.images_with, columns=12, name="negative.png", scale=2,
+         labels=[f"seed {s}" for s in range(12)], row_labels=["no negative", "negative: red"])
 else:
     print(f"the {model.family} family has no negative prompt: it does not use classifier-free guidance")
 
@@ -131,8 +134,8 @@ for steps in step_counts:
         started = time.perf_counter()
         tiles += run(build_request(**settings), cache).images
         rows.append(f"| {scheduler} | {steps} | {time.perf_counter() - started:.2f} |")
-print(f"columns: {', '.join(schedulers)}; rows: {step_counts} steps")
-show(tiles, columns=len(schedulers), name="schedulers.png", scale=3)
+show(tiles, columns=len(schedulers), name="schedulers.png", scale=3, labels=schedulers,
+     row_labels=[f"{steps} steps" for steps in step_counts])
 display(Markdown("| scheduler | steps | seconds |\n|---|---:|---:|\n" + "\n".join(rows)))
 
 # %% [markdown]
@@ -165,4 +168,7 @@ display(Image(filename=OUT / "latents.png"))
 # For SD1.5 the VAE maps 512x512x3 to 64x64x4 (8x per side), SDXL 1024x1024x3 to 128x128x4: every U-Net step
 # works on 48x fewer numbers than the image has, which is what makes latent diffusion affordable. The price is
 # the VAE's reconstruction error: fine detail the VAE cannot represent, diffusion cannot draw.
-# `difflab explain latent-space` and `difflab explain guidance` repeat sections 2 and 5 in a terminal.
+# `difflab explain latent-space` and `difflab explain guidance` repeat sections 2 and 5 in a terminal;
+# `difflab explain vae` measures what the round trip loses per shape size and why a swapped-in VAE (`--vae`) must
+# keep the latents' scale; `difflab explain clip-skip` draws the same seeds at clip skip 1-3 and measures the
+# change (`--clip-skip N`).

@@ -47,9 +47,9 @@ cache = PipelineCache()
 model = resolve_model(MODEL)
 
 
-def show(images, columns=None, name="grid.png", scale=None):
+def show(images, columns=None, name="grid.png", scale=None, labels=None, row_labels=None):
     scale = scale or max(1, 256 // images[0].width)
-    make_grid(images, columns=columns, scale=scale).save(OUT / name)
+    make_grid(images, columns=columns, scale=scale, labels=labels, row_labels=row_labels).save(OUT / name)
     display(Image(filename=OUT / name))
 
 
@@ -67,7 +67,7 @@ picture = render(ShapeSpec("star", "orange", "blue", "left", "large"), resolutio
 picture.save(OUT / "picture.png")
 edges = canny(picture)
 edges.save(OUT / "edges.png")
-show([picture, edges.convert("RGB")], columns=2, name="picture-and-map.png")
+show([picture, edges.convert("RGB")], columns=2, name="picture-and-map.png", labels=["picture", "canny map"])
 
 # %% [markdown]
 # ## 2. One outline, several prompts
@@ -82,8 +82,7 @@ for prompt in prompts:
     request = build_request(prompt=prompt, model=MODEL, seed=0,
                             controls=[{"kind": "canny", "image": str(OUT / "picture.png"), "scale": 1.0}])
     tiles += run(request, cache).images
-print("the same outline under:", "; ".join(prompts))
-show(tiles, columns=len(prompts), name="one-outline.png")
+show(tiles, columns=len(prompts), name="one-outline.png", labels=prompts)
 
 # %% [markdown]
 # ## 3. Conditioning scale, measured
@@ -99,10 +98,10 @@ sweep = control_scale_sweep(MODEL, str(OUT / "picture.png"), "a red star on whit
                             cache=cache)
 display(Markdown(sweep.table()))
 sweep.grid().save(OUT / "scale-sweep.png")
-print("rows: the scales; each row the control map, then 3 seeds")
+print("left: the control map; right: rows are the scales (ControlNet weight), columns the seeds")
 display(Image(filename=OUT / "scale-sweep.png"))
 
 # %% [markdown]
 # At scale 0 the ControlNet is off and the star lands wherever the seed puts it; from about 0.5 the outline
 # holds. When a ControlNet seems ignored, raise the scale; when the image looks traced and stiff, lower it.
-# `difflab explain controlnet` shows the map step in a terminal.
+# `difflab explain controlnet` shows the map and the result with and without control, with edge F1, in a terminal.

@@ -133,8 +133,11 @@ for steps in steps_to_try:
     rows.append(f"| {steps} | {100 * (report.shape_and_color_accuracy or 0):.0f}% | {seconds / len(images):.2f} |")
     tiles += images[:8]
 display(Markdown("| steps | shape and colour right | seconds per image |\n|---:|---:|---:|\n" + "\n".join(rows)))
-make_grid(tiles, columns=8, scale=max(1, 128 // tiles[0].width)).save(OUT / "steps.png")
-print("rows:", ", ".join(f"{s} steps" for s in steps_to_try))
+from difflab.data.shapes import parse_prompt
+
+asked = [parse_prompt(p) for p in prompts[:8]]  # the same prompts and seeds at every step count
+make_grid(tiles, columns=8, scale=max(1, 128 // tiles[0].width), labels=[f"{a.size} {a.color} {a.shape}" for a in asked],
+          row_labels=[f"{s} steps" for s in steps_to_try]).save(OUT / "steps.png")
 display(Image(filename=OUT / "steps.png"))
 
 # %% [markdown]

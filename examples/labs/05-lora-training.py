@@ -45,9 +45,9 @@ cache = PipelineCache()
 model = resolve_model(MODEL)
 
 
-def show(images, columns=None, name="grid.png", scale=None):
+def show(images, columns=None, name="grid.png", scale=None, labels=None, row_labels=None):
     scale = scale or max(1, 256 // images[0].width)
-    make_grid(images, columns=columns, scale=scale).save(OUT / name)
+    make_grid(images, columns=columns, scale=scale, labels=labels, row_labels=row_labels).save(OUT / name)
     display(Image(filename=OUT / name))
 
 
@@ -78,7 +78,8 @@ prompts = ["a red hexagon on white", "a blue hexagon on yellow", "a green hexago
 before = [image for group in t2i.generate(prompts, model=MODEL, seeds_per_prompt=2, cache=cache) for image in group]
 before_report = score(before, [p for p in prompts for _ in range(2)])
 print(f"base model: {100 * before_report.accuracy['shape']:.0f}% of the images read as hexagons")
-show(before, columns=8, name="before.png", scale=2)
+show(before, columns=8, name="before.png", scale=2,
+     labels=[f"{p.split()[1]}, seed {i}" for p in prompts for i in range(2)], row_labels=["base"])
 
 # %% [markdown]
 # ## 3. Training

@@ -528,10 +528,11 @@ def serve_command(
 @app.command("explain")
 @user_errors
 def explain_command(
-    topic: Optional[str] = typer.Argument(None, help="forward-process, schedulers, guidance, latent-space, lora or "
-                                          "controlnet; leave out to list them."),
+    topic: Optional[str] = typer.Argument(None, help="forward-process, schedulers, guidance, latent-space, vae, "
+                                          "clip-skip, lora or controlnet; leave out to list them."),
     out: Path = typer.Option(Path("outputs/explain"), "--out", "-o", help="Folder for the figure."),
-    model: str = typer.Option("tiny-shapes", help="Text-to-image model of guidance, latent-space, lora, controlnet."),
+    model: str = typer.Option("tiny-shapes", help="Text-to-image model of guidance, latent-space, vae, clip-skip, "
+                              "lora, controlnet."),
     checkpoint: Path = typer.Option(None, "--checkpoint", "-c", help="Digits checkpoint of forward-process and "
                                     "schedulers [default: the bundled digits model]."),
     seed: int = typer.Option(0),

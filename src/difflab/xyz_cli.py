@@ -15,7 +15,7 @@ def xyz_command(
     prompt: str = typer.Argument(..., help="The base prompt (prompt-sr replaces text in it)."),
     x: str = typer.Option(..., "--x", help="Columns: FIELD:V1,V2,... e.g. steps:10,20,30 or guidance:3-9 (+3). "
                           "Fields: seed, steps, guidance, guidance-end, sampler, prompt-sr, negative, model, "
-                          "lora-weight, control-scale, strength, width, height, hires-scale, hires-strength."),
+                          "lora-weight, control-scale, strength, width, height, hires-scale, hires-strength, clip-skip."),
     y: str = typer.Option(..., "--y", help="Rows: FIELD:V1,V2,..."),
     z: Optional[str] = typer.Option(None, "--z", help="One grid per value, side by side: FIELD:V1,V2,..."),
     negative: str = typer.Option("", "--negative", help="Negative prompt."),

@@ -23,6 +23,7 @@ def test_trajectory_gif_has_a_frame_per_step_showing_that_steps_estimate(digits_
     from difflab.core.generate import SampleRequest, sample_steps
     from difflab.viz.animation import FINAL_HOLD_MS, FRAME_MS, trajectory_gif
     from difflab.viz.grid import to_pil
+    from difflab.viz.trajectory import ROW_LABELS
 
     steps = list(sample_steps(digits_model, SampleRequest(labels=(1, 2, 3), sampler="euler", steps=5, seed=0)))
     path = trajectory_gif(steps, tmp_path / "t.gif", samples=3, scale=1)
@@ -33,10 +34,11 @@ def test_trajectory_gif_has_a_frame_per_step_showing_that_steps_estimate(digits_
         assert gif.info["duration"] == FINAL_HOLD_MS
         gif.seek(2)
         frame = np.asarray(gif.convert("L"))
-    # layout of make_grid with scale 1, padding 2, a 14-px label strip: sample 1's x0 estimate of step 3 sits at
-    # row 2, column 2 of the grid; the GIF must hold exactly those grey levels
+    # layout of make_grid with scale 1, padding 2, a 14-px label strip and a row-label margin: sample 1's x0
+    # estimate of step 3 sits at row 2, column 2 of the grid; the GIF must hold exactly those grey levels
     expected = np.asarray(to_pil(steps[2].denoised[1:2])[0])
-    top, left = 14 + 2 + (8 + 2), 2 + (8 + 2)
+    margin = 6 * max(len(label) for label in ROW_LABELS) + 4
+    top, left = 14 + 2 + (8 + 2), margin + 2 + (8 + 2)
     assert np.array_equal(frame[top:top + 8, left:left + 8], expected)
 
 

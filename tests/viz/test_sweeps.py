@@ -1,6 +1,7 @@
-"""`difflab viz lora-weights` and `difflab viz control-scale` on tiny random models: the rows are what the engine
-draws for each weight or scale on its own, weight 0 / scale 0 is the plain model bit for bit, and bad input is
-refused before anything is drawn."""
+"""`difflab viz lora-weights` and `difflab viz control-scale` on tiny random models: the rows are X/Y/Z plots
+(difflab.engine.xyz) whose cells are what the engine draws for each weight or scale on its own (within the
+engine's 1/255 "alone vs in a batch" bound where prompts share a call), weight 0 / scale 0 is the plain model,
+the grids label rows and columns, and bad input is refused before anything is drawn."""
 
 from __future__ import annotations
 
@@ -33,7 +34,12 @@ def tiny_lora(tiny_sd_folder, tmp_path_factory) -> Path:  # noqa: F811
 
 
 def _pixels(images) -> list[np.ndarray]:
-    return [np.asarray(image, dtype=np.int16) for image in images]
+    return [np.asarray(image.convert("RGB"), dtype=np.int16) for image in images]
+
+
+def _same(row, reference, bound: int = 1) -> bool:
+    """Equal up to ``bound``/255 per channel (engine.merged: a merged image against the same request alone)."""
+    return all(np.abs(a - b).max() <= bound for a, b in zip(_pixels(row), _pixels(reference)))
 
 
 def test_lora_weight_rows_are_the_engine_at_each_weight(tiny_sd_folder, tiny_lora):  # noqa: F811
@@ -52,21 +58,26 @@ def test_lora_weight_rows_are_the_engine_at_each_weight(tiny_sd_folder, tiny_lor
                                                **SIZE), cache).images]
 
     plain, full = direct([]), direct([f"{tiny_lora}:1"])
-    assert all(np.array_equal(a, b) for a, b in zip(_pixels(sweep.images[0]), _pixels(plain)))  # weight 0 = no LoRA
-    assert all(np.array_equal(a, b) for a, b in zip(_pixels(sweep.images[1]), _pixels(full)))
-    assert max(np.abs(a - b).max() for a, b in zip(_pixels(plain), _pixels(full))) > 0  # the LoRA does something
+    assert _same(sweep.images[0], plain) and _same(sweep.images[1], full)  # weight 0 = no LoRA
+    assert max(np.abs(a - b).max() for a, b in zip(_pixels(plain), _pixels(full))) > 1  # the LoRA does something
     # shapes-world prompts are read back: one table row per weight
     assert all(report is not None and report.n_images == 4 for report in sweep.reports)
     assert sweep.table().splitlines()[2].startswith("| 0 | ") and len(sweep.table().splitlines()) == 4
-    grid = sweep.grid(scale=1)
-    width, height = sweep.images[0][0].size
-    assert grid.height == 2 * (height + 2) + 2 and grid.width > 4 * (width + 2)  # 2 rows, 4 columns and the labels
+    # the grid is the xyz plot of these cells: rows "LoRA weight", columns "Seed", a block per prompt
+    from difflab.engine.xyz import plot_grid
+
+    plot = sweep.plot.plot
+    assert [axis.kind.name for axis in plot.axes] == ["seed", "lora-weight", "prompt-sr"]
+    assert [axis.label(v) for axis in plot.axes[1:2] for v in axis.values] == ["LoRA weight: 0", "LoRA weight: 1"]
+    assert np.array_equal(np.asarray(sweep.grid()), np.asarray(plot_grid(plot, sweep.plot.images)))
     # other prompts are drawn but not scored
     other = lora_weight_sweep(str(tiny_sd_folder), str(tiny_lora), ["a photo of a cat"], (1.0,), seeds=1,
                               cache=cache, **SIZE)
     assert other.reports == (None,) and "| 1 | - | - |" in other.table()
     with pytest.raises(ValueError, match="without ':WEIGHT'"):
         lora_weight_sweep(str(tiny_sd_folder), f"{tiny_lora}:0.5", prompts, cache=cache, **SIZE)
+    with pytest.raises(ValueError, match="loras: the sweep draws the one"):
+        lora_weight_sweep(str(tiny_sd_folder), str(tiny_lora), prompts, cache=cache, loras=["other"], **SIZE)
 
 
 def test_control_scale_rows_measure_edges_and_scale_zero_is_the_plain_model(tiny_sd_folder, sd_controlnet,  # noqa: F811
@@ -82,13 +93,17 @@ def test_control_scale_rows_measure_edges_and_scale_zero_is_the_plain_model(tiny
     sweep = control_scale_sweep(str(tiny_sd_folder), str(square_png), "a red square", (0.0, 1.0), seeds=2,
                                 controlnet=str(sd_controlnet), cache=cache, **SIZE)
     plain = run(build_request(prompt="a red square", model=str(tiny_sd_folder), n=2, seed=0, **SIZE), cache).images
-    assert all(np.array_equal(a, b) for a, b in zip(_pixels(sweep.images[0]), _pixels(plain)))
+    assert _same(sweep.images[0], plain, bound=0)  # ControlNet cells are never merged: the same calls, bit for bit
     assert max(np.abs(a - b).max() for a, b in zip(_pixels(sweep.images[0]), _pixels(sweep.images[1]))) > 10
     with Image.open(square_png) as picture:  # the picture is at the output size: the map is its canny edges
         assert np.array_equal(np.asarray(sweep.control_map), np.asarray(canny(picture.convert("RGB"))))
     assert all(f1 is not None and 0 <= f1 <= 1 for f1 in sweep.f1)
     assert len(sweep.table().splitlines()) == 4
-    assert sweep.grid(scale=1).height == 2 * (64 + 2) + 2
+    plot = sweep.plot.plot
+    assert [axis.kind.name for axis in plot.axes] == ["seed", "control-scale"]
+    assert [plot.axes[1].label(v) for v in plot.axes[1].values] == ["ControlNet weight: 0", "ControlNet weight: 1"]
+    grid = sweep.grid()  # the control map panel, then the xyz grid of 2 rows of 128-px tiles under the labels
+    assert grid.height == 14 + 2 * (128 + 2) + 2
 
 
 def test_cli_writes_the_grid_and_table(tiny_sd_folder, tiny_lora, sd_controlnet, square_png, tmp_path):  # noqa: F811

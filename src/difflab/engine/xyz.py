@@ -51,6 +51,7 @@ KINDS = {kind.name: kind for kind in (
     AxisKind("height", "height", int, "Height"),
     AxisKind("hires-scale", "hires_scale", float, "Hires upscale"),
     AxisKind("hires-strength", "hires_strength", float, "Hires denoising"),
+    AxisKind("clip-skip", "clip_skip", int, "Clip skip"),
 )}
 _RANGE = re.compile(r"^\s*(-?[\d.]+)\s*-\s*(-?[\d.]+)\s*(?:\(\s*([+-]?[\d.]+)\s*\)|\[\s*(\d+)\s*\])?\s*$")
 
@@ -237,6 +238,44 @@ def draw_plot(plot: Plot, out: Path, cache: Any = None, *, placement: Any = None
     grid = plot_grid(plot, images)
     atomic_write_bytes(out / GRID_FILE, grid_png(plot, grid, out))
     return out / GRID_FILE
+
+
+def draw_images(plot: Plot, cache: Any = None, *,
+                on_cells: Optional[Callable[[int], None]] = None) -> dict[tuple[int, ...], Any]:
+    """Every cell's image in memory (no folder), drawn in as few pipeline calls as give the same images: cells
+    equal but for consecutive seeds are one request with ``n`` images (image i seeded ``seed + i``, as alone), and
+    such requests that differ only in prompt merge into one call (engine.merged: within its 1/255 batch bound of
+    the cell drawn alone). What the grids of ``difflab viz`` and ``difflab explain`` are drawn with; the ``difflab
+    xyz`` command keeps :func:`draw_plot` (one call per cell, resumable). ``on_cells(k)``: k more cells done."""
+    from difflab.engine.merged import NotMergeable, merge_key
+    from difflab.engine.pipeline import PipelineCache, run, run_merged
+
+    cache = cache if cache is not None else PipelineCache()
+    runs: list[tuple[Any, list[tuple[int, ...]]]] = []  # (request with n images, the positions it draws)
+    for position, request in plot.cells:
+        if runs:
+            last, positions = runs[-1]
+            if request.model_copy(update={"seed": last.seed}) == last.model_copy(update={"n": 1}) \
+                    and request.seed == last.seed + last.n:
+                runs[-1] = (last.model_copy(update={"n": last.n + 1}), positions + [position])
+                continue
+        runs.append((request, [position]))
+    groups: dict[Any, list[tuple[Any, list[tuple[int, ...]]]]] = {}
+    for one in runs:  # merge_key None (ControlNets, hires, refiner): a group of its own
+        key = merge_key(one[0])
+        groups.setdefault(key if key is not None else id(one), []).append(one)
+    images: dict[tuple[int, ...], Any] = {}
+    for group in groups.values():
+        requests = [request for request, _ in group]
+        try:
+            results = run_merged(requests, cache) if len(requests) > 1 else [run(requests[0], cache)]
+        except NotMergeable:  # e.g. a prompt with A1111 weights: difflab encodes it per request
+            results = [run(request, cache) for request in requests]
+        for (_, positions), result in zip(group, results):
+            images.update(zip(positions, (image.convert("RGB") for image in result.images)))
+            if on_cells is not None:
+                on_cells(len(positions))
+    return images
 
 
 def plot_grid(plot: Plot, images: dict[tuple[int, ...], Any]):

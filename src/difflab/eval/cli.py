@@ -117,7 +117,7 @@ def guidance_sweep_command(
             task = progress.add_task("generating", total=len(scales) * len(prompts) * seeds, info=model)
             result = t2i.guidance_sweep(model, scales, seeds_per_prompt=seeds, seed=seed, steps=steps,
                                         scheduler=scheduler, progress=lambda k: progress.advance(task, k))
-        _write_files(out, {"grid.png": png_bytes(t2i.sweep_grid(result)), "sweep.json": _json(
+        _write_files(out, {"grid.png": png_bytes(t2i.sweep_grid(result, seed=seed)), "sweep.json": _json(
             {"model": model, "steps": steps, "scheduler": scheduler, "seed": seed, "seeds_per_prompt": seeds,
              "rows": [vars(r) for r in result.rows]})})
         typer.echo(result.table())
@@ -158,7 +158,9 @@ def negative_command(
             effect = t2i.negative_prompt_effect(model, prompt, negative, n=n, seed=seed, guidance=guidance,
                                                 steps=steps, scheduler=scheduler,
                                                 progress=lambda k: progress.advance(task, k))
-        grid = make_grid(effect.images_without + effect.images_with, columns=n, scale=2)
+        grid = make_grid(effect.images_without + effect.images_with, columns=n, scale=2,
+                         labels=[f"seed {seed + i}" for i in range(n)],
+                         row_labels=["without", f"negative: {negative}"])
         _write_files(out, {"grid.png": png_bytes(grid), "negative.json": _json(
             {k: v for k, v in vars(effect).items() if not k.startswith("images")})})
         typer.echo(effect.table())

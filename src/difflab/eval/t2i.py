@@ -168,14 +168,13 @@ def guidance_sweep(model: str, guidances: Sequence[float] = (1.0, 3.0, 7.5, 15.0
     return SweepResult(rows, prompts, images)
 
 
-def sweep_grid(result: SweepResult, prompts_shown: int = 4, scale: int = 2):
-    """One row per guidance scale; columns = the first seeds of a few prompts. A PIL image."""
-    from difflab.viz.grid import make_grid
+def sweep_grid(result: SweepResult, prompts_shown: int = 4, scale: int = 2, seed: int = 0):
+    """One row per guidance scale ("CFG Scale: s"), columns the seeds ("Seed: n", from ``seed``) of a few prompts,
+    one labelled block per prompt: difflab.viz.guidance's X/Y/Z layout. A PIL image. (``scale`` is kept for old
+    callers: the xyz grid sizes tiles itself.)"""
+    from difflab.viz.guidance import sweep_result_grid
 
-    chosen = range(0, len(result.prompts), max(1, len(result.prompts) // prompts_shown))[:prompts_shown]
-    tiles = [image for guidance in result.images for j in chosen for image in result.images[guidance][j]]
-    columns = len(chosen) * len(result.images[next(iter(result.images))][0])
-    return make_grid(tiles, columns=columns, scale=scale)
+    return sweep_result_grid(result, prompts_shown, seed=seed)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw
 
 from difflab.core.samplers import SamplerStep
 from difflab.viz.grid import make_grid, to_pil
+from difflab.viz.trajectory import ROW_LABELS
 
 FRAME_MS = 150  # per step: 20 steps play in 3 s, slow enough to follow one digit
 FINAL_HOLD_MS = 1500  # the finished sample stays up before the loop restarts
@@ -23,13 +24,14 @@ FINAL_HOLD_MS = 1500  # the finished sample stays up before the loop restarts
 
 def trajectory_frames(steps: Iterable[SamplerStep], *, samples: int = 8, scale: int = 6) -> list[Image.Image]:
     """One frame per step: row 1 the state x (in the DDPM scale x / sqrt(1 + sigma^2), what the network sees),
-    row 2 the x_0 estimate that step used, for the first ``samples`` samples; captioned with step and sigma."""
+    row 2 the x_0 estimate that step used, for the first ``samples`` samples (rows named in the left margin);
+    captioned with step and sigma."""
     frames = []
     for step in steps:
         count = min(samples, step.x.shape[0])
         state = step.x[:count] / math.sqrt(1 + step.sigma_next**2)  # (count, C, H, W)
         tiles = to_pil(torch.cat([state, step.denoised[:count]]))
-        grid = make_grid(tiles, columns=count, scale=scale, labels=[""] * count).convert("RGB")
+        grid = make_grid(tiles, columns=count, scale=scale, labels=[""] * count, row_labels=ROW_LABELS).convert("RGB")
         ImageDraw.Draw(grid).text((2, 1), f"step {step.index + 1}/{step.total}  sigma {step.sigma_next:.2f}",
                                   fill=(0, 0, 0))
         frames.append(grid)

@@ -42,7 +42,8 @@ def load_image_tensor(source: str, size: int) -> torch.Tensor:
 def forward_grid(
     x_0: torch.Tensor, schedules: Sequence[str], *, columns: int = 10, seed: int = 0, num_timesteps: int = 1000
 ) -> Image.Image:
-    """Rows: schedules; columns: t = 0 .. T-1 evenly; the same noise everywhere, so only the schedule differs."""
+    """Rows: schedules (named in the left margin); columns: t = 0 .. T-1 evenly (labelled "t=..." above); the
+    same noise everywhere, so only the schedule differs."""
     noise = torch.randn(x_0.shape, generator=torch.Generator().manual_seed(seed))
     timesteps = torch.linspace(0, num_timesteps - 1, columns).round().long()
     tiles = []
@@ -51,5 +52,4 @@ def forward_grid(
         for t in timesteps:
             tiles.extend(to_pil(q_sample(schedule, x_0, t.reshape(1), noise)))
     labels = [f"t={int(t)}" for t in timesteps]
-    grid = make_grid(tiles, columns=columns, labels=labels)
-    return grid
+    return make_grid(tiles, columns=columns, labels=labels, row_labels=list(schedules))

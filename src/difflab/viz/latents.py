@@ -50,9 +50,9 @@ def vae_round_trip(vae, images: Sequence[Image.Image]) -> RoundTrip:
     return RoundTrip(pixels, latents.float().cpu(), decoded.float().cpu())
 
 
-def latent_grid(trip: RoundTrip, *, scale: int = 2) -> Image.Image:
-    """One row per image: the picture, each latent channel (grey, stretched to its own range, upscaled to the
-    picture's size), and the reconstruction."""
+def latent_grid(trip: RoundTrip, *, scale: int = 2, row_labels: Sequence[str] | None = None) -> Image.Image:
+    """One row per image (named by ``row_labels`` in the left margin): the picture, each latent channel (grey,
+    stretched to its own range, upscaled to the picture's size), and the reconstruction; columns labelled."""
     height, width = trip.images.shape[-2:]
     tiles: list[Image.Image] = []
     for image, latent, reconstruction in zip(trip.images, trip.latents, trip.reconstructions):
@@ -64,4 +64,4 @@ def latent_grid(trip: RoundTrip, *, scale: int = 2) -> Image.Image:
         tiles += to_pil(reconstruction[None].clamp(-1, 1))
     channels = trip.latents.shape[1]
     labels = ["image"] + [f"latent {c}" for c in range(channels)] + ["decoded"]
-    return make_grid(tiles, columns=channels + 2, scale=scale, labels=labels)
+    return make_grid(tiles, columns=channels + 2, scale=scale, labels=labels, row_labels=row_labels)

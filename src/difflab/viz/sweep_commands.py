@@ -92,6 +92,7 @@ def control_scale_command(
                                         controlnet=controlnet, progress=lambda k: progress.advance(task, k),
                                         **settings)
         _write_results(out, sweep, f"`difflab viz control-scale {picture}` ({kind}) on {model}, prompt {prompt!r}: "
-                       f"rows are scales {', '.join(f'{s:g}' for s in values)}; the control map, then {seeds} seeds")
+                       f"the control map on the left; rows are scales {', '.join(f'{s:g}' for s in values)}, columns "
+                       f"{seeds} seeds")
 
     run()
