@@ -133,15 +133,23 @@ def roundtrip(model_folder: Path) -> dict[str, dict[str, float]]:
 
 def disagreement_grid(images: Sequence[Any], prompts: Sequence[str], v: dict[str, Any]):
     """Labelled tiles of the images whose shape verdict differs between the analyzers, or None if none does."""
+    import itertools
+
     from PIL import Image, ImageDraw
 
+    from difflab.data.shapes import BASE_SHAPES
     from difflab.viz.grid import make_grid
 
     rows = [i for i, (g, o) in enumerate(zip(v["geometry"]["shape"], v["adherence"]["shape"])) if g != o]
     if not rows:
         return None, 0
+    # The rarer direction first (the geometry rules right, the old analyzer wrong), then the old analyzer's passes
+    # that the rules fail, taking the asked shapes in turn so that each shape's failures are shown.
+    new_right = [i for i in rows if v["geometry"]["shape"][i]]
+    by_shape = [[i for i in rows if not v["geometry"]["shape"][i] and v["asked"][i] == name] for name in BASE_SHAPES]
+    ordered = new_right + [i for group in itertools.zip_longest(*by_shape) for i in group if i is not None]
     tiles = []
-    for i in rows[:DISAGREEMENTS_SHOWN]:
+    for i in ordered[:DISAGREEMENTS_SHOWN]:
         reading, old = v["readings"][i], v["old_readings"][i]
         tile = Image.new("RGB", (128, 128 + 44), (255, 255, 255))
         tile.paste(images[i].convert("RGB").resize((128, 128), Image.NEAREST), (0, 0))
@@ -173,10 +181,10 @@ def timing(models: Sequence[str], cache: Any, rounds: int = 5) -> dict[str, floa
     return {model: statistics.median(values) for model, values in seconds.items()}
 
 
-def previous_seconds(args) -> float:
-    """The drawing time a re-read run keeps from the run that drew the images."""
+def previous(args, key: str) -> float:
+    """What a re-read run keeps from the run that drew the images (drawing time, load)."""
     path = args.out / f"{args.name}.json"
-    return json.loads(path.read_text())["seconds_per_image"] if path.is_file() else 0.0
+    return json.loads(path.read_text())[key] if path.is_file() else 0.0
 
 
 def pct(value) -> str:
@@ -196,8 +204,10 @@ def markdown(name: str, model: str, results: dict[str, Any]) -> str:
                          f"{pct(s['shape+color small'])} | {pct(s['color'])} | {pct(s['shape'])} | "
                          + " | ".join(pct(s["per shape"][shape]) for shape in BASE_SHAPES) + " |")
     lines += ["", f"Images the analyzers disagree on (shape verdict): {results['disagreements']} of "
-              f"{results['sets']['all']['geometry']['n']}. Drawing: {results['seconds_per_image']:.2f} s an image "
-              f"in batches of {BATCH} on a shared machine (load average {results['load']:.1f}).", ""]
+              f"{results['sets']['all']['geometry']['n']}: {results['old_only']} pass the old analyzer and fail the "
+              f"rules, {results['new_only']} the other way. "
+              f"Drawing: {results['seconds_per_image']:.2f} s an image in batches of {BATCH} on a shared machine "
+              f"(load average {results['load']:.1f}).", ""]
     if results.get("timing"):
         times = results["timing"]
         reference = times[results["time_against"]]
@@ -263,8 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     v = merge_verdicts(parts)
     sets["all"] = {a: summarise(v, a) for a in ("geometry", "adherence")}
     grid, disagreements = disagreement_grid(all_images, all_prompts, v)
-    results = {"model": args.model, "sets": sets, "disagreements": disagreements,
-               "seconds_per_image": seconds / len(all_images) if seconds else previous_seconds(args), "load": os.getloadavg()[0],
+    old_only = sum(o and not g for g, o in zip(v["geometry"]["shape"], v["adherence"]["shape"]))
+    results = {"model": args.model, "sets": sets, "disagreements": disagreements, "old_only": old_only,
+               "new_only": disagreements - old_only,
+               "seconds_per_image": seconds / len(all_images) if seconds else previous(args, "seconds_per_image"),
+               "load": previous(args, "load") if args.reread else os.getloadavg()[0],
                "roundtrip": None if args.no_roundtrip else roundtrip(model_folder),
                "time_against": args.time_against,
                "timing": timing([args.model, args.time_against], cache) if args.time_against else None,
