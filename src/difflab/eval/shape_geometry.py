@@ -186,7 +186,9 @@ class GeometryReport:
     readings: tuple[GeometryReading, ...] = field(repr=False)
     asked_shapes: tuple[Optional[str], ...] = field(repr=False)
     asked_colors: tuple[Optional[str], ...] = field(repr=False)
-    sizes: tuple[str, ...] = field(repr=False)  # the prompt's size, or the measured one where the prompt has none
+    # The prompt's size, or the measured one where the prompt has none; a picture with nothing to measure under a
+    # prompt without a size counts among the small ones, as a miss.
+    sizes: tuple[str, ...] = field(repr=False)
 
     def shape_right(self) -> list[bool]:
         return [r.passes(a) if a in BASE_SHAPES else r.shape == a for r, a in zip(self.readings, self.asked_shapes)]
