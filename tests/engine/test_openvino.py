@@ -101,6 +101,7 @@ def test_sd_img2img_and_inpainting_match_torch(tiny_sd_folder: Path, tmp_path: P
     assert_close(run(inpaint, TORCH), run(inpaint, openvino()))
 
 
+@pytest.mark.slow
 def test_sd_lora_is_fused_before_conversion_and_keys_the_cache(tiny_sd_folder: Path, tmp_path: Path) -> None:
     from .test_lora import _random_lora
 
@@ -116,6 +117,7 @@ def test_sd_lora_is_fused_before_conversion_and_keys_the_cache(tiny_sd_folder: P
     assert np.array_equal(pixels(plain.images[0]), pixels(after.images[0]))
 
 
+@pytest.mark.slow
 def test_sdxl_txt2img_matches_torch(sdxl_folder: Path) -> None:
     request = sd_request(sdxl_folder, steps=3, guidance=5.0)
     before = conversions()
@@ -124,9 +126,57 @@ def test_sdxl_txt2img_matches_torch(sdxl_folder: Path) -> None:
     assert_close(run(request, TORCH), result)
 
 
+@pytest.mark.slow
 def test_tiny_shapes_matches_torch() -> None:
     request = build_request(prompt="a red circle", model="tiny-shapes", steps=4, seed=1)
     assert_close(run(request, TORCH), run(request, openvino()))
+
+
+@pytest.mark.slow
+def test_sdxl_refiner_and_hires_fix_match_torch(tmp_path_factory: pytest.TempPathFactory,
+                                               tiny_sd_folder: Path) -> None:
+    from .test_refiner import build_refiner
+
+    root = tmp_path_factory.mktemp("openvino-ensemble")
+    base = build_sdxl(root)
+    with torch.no_grad():
+        base.unet.conv_out.weight.normal_(0, 0.2)
+    build_refiner(root, base).save_pretrained(root / "refiner", safe_serialization=True)
+    base.save_pretrained(root / "base", safe_serialization=True)
+    ensemble = sd_request(root / "base", steps=6, guidance=5.0, refiner=str(root / "refiner"), refiner_switch=0.5)
+    before = STATS["convert:unet"]
+    assert_close(run(ensemble, TORCH), run(ensemble, openvino()))
+    assert STATS["convert:unet"] == before + 2  # the base's and the refiner's U-Nets
+    hires = sd_request(tiny_sd_folder, hires_scale=1.5, hires_strength=0.6)  # a second size: 96x96
+    result = run(hires, openvino())
+    assert result.images[0].size == (96, 96)
+    assert_close(run(hires, TORCH), result)
+
+
+# --- metadata and replay ----------------------------------------------------------------------------------------
+
+
+def test_png_records_the_backend_and_replay_check_is_bit_identical(tiny_sd_folder: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from difflab.cli import app
+    from difflab.engine.metadata import parse_parameters, read_png_metadata
+
+    runner = CliRunner()
+    made = runner.invoke(app, ["generate", "a red circle", "--model", str(tiny_sd_folder), "--steps", "3",
+                               "--width", "64", "--height", "64", "-n", "2", "--backend", "openvino",
+                               "-o", str(tmp_path / "out")])
+    assert made.exit_code == 0, made.output
+    image = Path(made.stdout.strip().splitlines()[-1])
+    parameters, record = read_png_metadata(image)
+    assert parse_parameters(parameters)[2]["Backend"] == "openvino f32"
+    assert record["backend"]["name"] == "openvino" and record["backend"]["precision"] == "f32"
+    assert record["backend"]["openvino"]
+    replayed = runner.invoke(app, ["replay", str(image), "--check"])  # the recorded backend, no flag needed
+    assert replayed.exit_code == 0, replayed.output
+    assert "bit-identical" in replayed.stdout and "backend:" not in replayed.output
+    on_torch = runner.invoke(app, ["replay", str(image), "--backend", "torch"])
+    assert "backend: recorded openvino f32, replaying with torch" in on_torch.output
 
 
 # --- the cache -------------------------------------------------------------------------------------------------

@@ -152,6 +152,10 @@ class _quiet_tracer:
         self._context.__enter__()
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=".*TracerWarning.*")
+        # torch 2.13 deprecates jit.trace, which openvino's PyTorch frontend still uses; and transformers' notice
+        # about a renamed checkpointing attribute that the frontend reads
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.* is deprecated", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
         return self
 
     def __exit__(self, *exc) -> None:
