@@ -20,6 +20,9 @@ def replay_command(
     alone: bool = typer.Option(False, "--alone", help="Regenerate only this image (n=1, its own seed) instead of "
                                                       "re-running its batch: faster, but not bit-identical where "
                                                       "kernels depend on batch size (CPUs)."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="torch or openvino [default: the recorded one]."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="f32 or bf16 (openvino) [default: the "
+                                            "recorded one]."),
 ) -> None:
     """Regenerate an image from its embedded metadata and compare it with the original, pixel by pixel."""
     from difflab.cli import check_output, progress_bar, quiet_libraries, user_errors
@@ -27,13 +30,14 @@ def replay_command(
     @user_errors
     def run() -> None:
         check_output(out)  # before the model loads: a bad --out is found now, not after the work
-        from difflab.engine.pipeline import PipelineCache
+        from difflab.engine.backends import pipeline_cache, replay_backend
         from difflab.engine.replay import model_warnings, plan_replay, replay
 
+        chosen_backend, backend_warnings = replay_backend(image, backend, precision)  # the recorded one by default
         quiet_libraries()
-        cache = PipelineCache()
+        cache = pipeline_cache(chosen_backend)
         plan = plan_replay(image, model=model, alone=alone, placement=cache.placement)
-        for warning in (*plan.warnings, *model_warnings(plan)):
+        for warning in (*plan.warnings, *backend_warnings, *model_warnings(plan)):
             typer.echo(f"warning: {warning}", err=True)
         with progress_bar("replaying") as progress:
             task = progress.add_task("replaying", total=None, info=f"{plan.source}, image {plan.index} of {plan.request.n}")
@@ -67,6 +71,8 @@ def batch_command(
                                               "(HOST:PORT, ray://HOST:PORT, auto) instead of starting one here."),
     ray_workers: Optional[int] = typer.Option(None, "--ray-workers", min=1, help="With --ray: actors, one pipeline "
                                               "each (default: one per GPU, else one per node)."),
+    backend: str = typer.Option("torch", "--backend", help="torch or openvino, for every line (see generate --help)."),
+    precision: str = typer.Option("f32", "--precision", help="OpenVINO precision: f32 or bf16."),
 ) -> None:
     """Generate every request of a prompt file into a folder: PNGs, a manifest, a contact sheet; resumable.
 
@@ -75,18 +81,26 @@ def batch_command(
 
     try:
         from difflab.engine.batch import ImageFinished, LineStarted, check_folder, plan_batch, run_batch, write_contact_sheets
+        from difflab.engine.backends import choose_backend, pipeline_cache
         from difflab.engine.batch_ray import RayBatchFailed, RayOptions, run_batch_ray
-        from difflab.engine.pipeline import PipelineCache
 
+        chosen_backend = choose_backend(backend, precision)  # before any line is read or any weights load
         defaults = dict(n=n, negative_prompt=negative, steps=steps, guidance=guidance, seed=seed, scheduler=scheduler,
                         width=width, height=height, model=model)
         if not ray and (ray_address is not None or ray_workers is not None):
             raise ValueError(f"{'--ray-address' if ray_address is not None else '--ray-workers'} needs --ray")
+        if ray and not chosen_backend.is_torch:  # the actors hold PyTorch pipelines; OpenVINO there is not built yet
+            raise ValueError("backend: --ray draws with the torch backend only; drop --backend openvino, or run "
+                             "the batch without --ray")
         plan = plan_batch(prompts, defaults)
+        from difflab.engine.backends import check_request_fits
+
+        for line in plan.lines:  # a line the backend refuses fails now, before the first image
+            check_request_fits(chosen_backend, line.request)
         check_output(out)  # a file or an unwritable place fails before any weights load
         check_folder(plan, out)  # before the first write: a refused folder is left as it was
         quiet_libraries()
-        cache = PipelineCache()
+        cache = pipeline_cache(chosen_backend)
         options = RayOptions(address=ray_address, workers=ray_workers) if ray else None
         made = skipped = 0
         try:

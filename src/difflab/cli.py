@@ -91,6 +91,13 @@ class _TorchvisionFallbackFilter:
         return "requires torchvision (not installed); falling back to" not in record.getMessage()
 
 
+# --backend / --precision of generate, batch, replay and serve (engine/backends): a run-level choice
+BACKEND_HELP = ("torch, or openvino: the same pipeline with OpenVINO-compiled U-Net, text encoders and VAE (CPU; "
+                "converted once per model, LoRA set and size, then cached; needs the openvino extra).")
+PRECISION_HELP = ("OpenVINO precision: f32 (matches PyTorch) or bf16 (faster; needs a CPU with avx512_bf16 or "
+                  "amx_bf16).")
+
+
 def _print_version(value: bool) -> None:
     if value:
         from difflab import __version__
@@ -422,6 +429,8 @@ def generate(
                                      "out-of-memory error the next one is turned on for one retry."),
     allow_unsafe_pickle: bool = typer.Option(False, "--allow-unsafe-pickle", help="Load a .ckpt/.pt/.bin model "
                                              "file; pickles can run arbitrary code, so only from a trusted source."),
+    backend: str = typer.Option("torch", "--backend", help=BACKEND_HELP),
+    precision: str = typer.Option("f32", "--precision", help=PRECISION_HELP),
 ) -> None:
     """Generate images from a prompt (or an init image and mask); writes PNGs with A1111 parameters and a JSON
     record embedded. Prompts take A1111 weights: (word:1.3), (word), [word]."""
@@ -439,6 +448,9 @@ def generate(
                             controls=controls_from_options(control, control_model), control_start=control_start,
                             control_end=control_end)
     check_output(out)  # a file, or a folder that cannot be written, fails before any weights load
+    from difflab.engine.backends import choose_backend, pipeline_cache
+
+    chosen_backend = choose_backend(backend, precision)  # openvino missing, bf16 on a CPU without it: fail now
     from difflab.engine.registry import check_scheduler_fits, resolve_model
 
     # a missing, unknown or corrupt model, or a sampler the model cannot use, fails here, before any output exists
@@ -446,14 +458,17 @@ def generate(
     from difflab.engine.modes import check_request_settings
 
     check_request_settings(request)  # strength vs steps, refiner families: before the progress bar starts
+    from difflab.engine.backends import check_request_fits
+
+    check_request_fits(chosen_backend, request)  # families, ControlNet, memory knobs the backend refuses
     from difflab.engine.lora import resolve_all
 
     resolve_all(request.loras)  # a missing LoRA too
     from difflab.engine.outputs import save_result
-    from difflab.engine.pipeline import PipelineCache, run
+    from difflab.engine.pipeline import run
 
     quiet_libraries()
-    cache = PipelineCache()
+    cache = pipeline_cache(chosen_backend)
     with progress_bar("generating") as progress:
         task = progress.add_task("generating", total=None, info=request.model)
         result = run(request, cache, on_step=lambda done, total: progress.update(task, completed=done, total=total))
@@ -507,6 +522,8 @@ def serve_command(
                                     "with their images, and uploads no job uses once as old (0 = keep all)."),
     keep_gb: float = typer.Option(10.0, help="Retention: past this many GB of images the oldest finished jobs "
                                   "are removed (0 = no cap). Queued and running jobs are never touched."),
+    backend: str = typer.Option("torch", "--backend", help=BACKEND_HELP),
+    precision: str = typer.Option("f32", "--precision", help=PRECISION_HELP),
 ) -> None:
     """Serve the engine over HTTP: /v1 job API, A1111-compatible /sdapi/v1, OpenAPI at /docs, web UI at /ui."""
     from difflab.serve.config import ServeConfig
@@ -514,7 +531,8 @@ def serve_command(
     config = ServeConfig(data_dir=data_dir, host=host, port=port, max_queue=max_queue, api_token=api_token,
                          models_dir=models_dir, loras_dir=loras_dir, default_model=default_model,
                          max_body_bytes=int(max_body_mb * 1024 * 1024), ui=ui, preview_every=preview_every,
-                         batch=batch, batch_max_images=batch_max_images, keep_days=keep_days, keep_gb=keep_gb)
+                         batch=batch, batch_max_images=batch_max_images, keep_days=keep_days, keep_gb=keep_gb,
+                         backend=backend, precision=precision)
     try:
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401

@@ -335,15 +335,18 @@ def _refine(latents, settings: "Settings", kwargs: dict[str, Any], cache: "Pipel
 
     request = settings.request
     model = resolve_model(request.refiner)  # its family was checked by check_settings
-    refiner, original_scheduler = cache.get(model)
-    refiner = mode_pipeline(refiner, "img2img")  # a base SDXL model used as refiner runs as img2img
-    config = dict(original_scheduler.config)
-    refiner.scheduler = (make_scheduler(settings.scheduler, config) if settings.scheduler is not None
-                         else type(original_scheduler).from_config(config))
-    call = with_prompt({key: value for key, value in kwargs.items() if key not in ("width", "height")},
-                       prompt_arguments(refiner, model.family, request))  # the refiner has its own text encoder
-    # the same per-image generators continue: the latents already carry image i's noise from seed + i
-    return refiner(**call, image=latents, denoising_start=switch).images
+    loaded, original_scheduler = cache.get(model)
+    from difflab.engine.backends import backend_modules
+
+    with backend_modules(loaded, cache.backend, model):  # the run's backend draws the refiner's steps too
+        refiner = mode_pipeline(loaded, "img2img")  # a base SDXL model used as refiner runs as img2img
+        config = dict(original_scheduler.config)
+        refiner.scheduler = (make_scheduler(settings.scheduler, config) if settings.scheduler is not None
+                             else type(original_scheduler).from_config(config))
+        call = with_prompt({key: value for key, value in kwargs.items() if key not in ("width", "height")},
+                           prompt_arguments(refiner, model.family, request))  # the refiner has its own text encoder
+        # the same per-image generators continue: the latents already carry image i's noise from seed + i
+        return refiner(**call, image=latents, denoising_start=switch).images
 
 
 def paste_unmasked(image: "Image.Image", init: "Image.Image", mask: "Image.Image") -> "Image.Image":

@@ -132,6 +132,10 @@ def image_png(result: Result, index: int, placement: Placement | None = None) ->
         fields = {**{k: v for k, v in fields.items() if k != "Version"},
                   **control_run.infotext(settings, result.controls), "Version": fields.get("Version")}
         full_record["controls"] = control_run.record(settings, result.controls)
+    full_record["backend"] = result.backend.record()  # engine/backends: replay runs the same one
+    if not result.backend.is_torch:  # difflab's key, before Version like A1111's extensions write theirs
+        fields = {**{k: v for k, v in fields.items() if k != "Version"}, "Backend": result.backend.describe(),
+                  "Version": fields.get("Version")}
     if result.batch is not None:  # drawn in one call with other requests (engine.merged): where it sat
         full_record["batch"] = result.batch.to_json()
     parameters = format_parameters(prompt, settings.request.negative_prompt, fields)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 import torch
 
 from difflab.engine import modes
+from difflab.engine.backends import Backend
 from difflab.engine.device import Placement, choose_placement
 from difflab.engine import memory
 from difflab.engine.registry import FLOW_MATCHING_FAMILIES, ResolvedModel, check_scheduler_fits, resolve_model
@@ -66,6 +67,7 @@ class Result:
     loras: list = field(default_factory=list)  # engine.lora.ResolvedLora applied to these images, for metadata
     controls: list = field(default_factory=list)  # engine.control_run.PreparedControl that steered them
     batch: Optional["MergedBatch"] = None  # set when drawn in one call with other requests (run_merged)
+    backend: Backend = field(default_factory=Backend)  # what ran the modules (engine/backends), for metadata
 
 
 @dataclass
@@ -73,6 +75,7 @@ class PipelineCache:
     """Loaded pipelines by (model path, device, dtype); a second request for the same model does not reload."""
 
     placement: Placement = field(default_factory=choose_placement)
+    backend: Backend = field(default_factory=Backend)  # torch, or OpenVINO copies of the modules (engine/backends)
     _pipelines: dict[tuple, Any] = field(default_factory=dict)
     _controlnets: dict[tuple, Any] = field(default_factory=dict)
     _vaes: dict[tuple, Any] = field(default_factory=dict)
@@ -218,6 +221,9 @@ def _draw(requests: list[GenerationRequest], cache: PipelineCache, on_step, prev
     from difflab.engine import control_run
 
     controls = control_run.prepare_controls(settings)  # ControlNets found, maps made: before any weights load
+    from difflab.engine.backends import backend_modules, check_request
+
+    check_request(cache.backend, settings, controls)  # what the backend refuses: before any weights load
     from difflab.engine.vae import applied_vae, resolve_vae
 
     vae = resolve_vae(request.vae) if request.vae is not None else None  # a missing VAE fails before any load
@@ -255,12 +261,16 @@ def _draw(requests: list[GenerationRequest], cache: PipelineCache, on_step, prev
             return modes.generate(pipeline, settings, fresh, cache, on_step, previews,
                                   group=requests if together else ())
 
-    with applied_loras(pipeline, loras), applied_vae(pipeline, vae_module), \
-            applied_embeddings(pipeline, model.family, embeddings):  # this request only, even on failure
+    # LoRAs are fused for OpenVINO: its modules are converted from the PyTorch weights as they are then
+    with applied_loras(pipeline, loras, fuse=not cache.backend.is_torch), applied_vae(pipeline, vae_module), \
+            applied_embeddings(pipeline, model.family, embeddings), \
+            backend_modules(pipeline, cache.backend, model, loras=loras, vae=vae, embeddings=embeddings):
+        # all of it for this request only, even on failure
         images = memory.call_with_oom_retry(draw, pipeline, request.memory, cache.placement.device, notes=notes)
     seconds = time.perf_counter() - started
     places = merged.layout(requests)
     return [Result(Settings.of(one, model) if together else settings,
                    images[place.first_image:place.first_image + one.n], [one.seed + i for i in range(one.n)],
-                   seconds, notes=list(notes), loras=loras, controls=controls, batch=place if together else None)
+                   seconds, notes=list(notes), loras=loras, controls=controls, batch=place if together else None,
+                   backend=cache.backend)
             for one, place in zip(requests, places)]

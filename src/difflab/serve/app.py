@@ -84,7 +84,13 @@ def create_app(config: ServeConfig, *, cache=None, lock_data_dir: bool = True) -
         if requeued:
             log.warning("re-queued %d job(s) that were running when the server last stopped", requeued)
         policy = config.retention
-        worker = Worker(store, config.images_dir, cache=cache, preview_every=config.preview_every,
+        if cache is None and config.backend != "torch":  # engine/backends: OpenVINO copies of the modules
+            from difflab.engine.backends import choose_backend, pipeline_cache
+
+            worker_cache = pipeline_cache(choose_backend(config.backend, config.precision))
+        else:
+            worker_cache = cache
+        worker = Worker(store, config.images_dir, cache=worker_cache, preview_every=config.preview_every,
                         preview_max_side=config.preview_max_side,
                         batch_max_images=config.batch_max_images if config.batch else 1,
                         housekeeping=partial(sweep, store, config.images_dir, config.inputs_dir, policy),

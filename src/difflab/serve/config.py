@@ -53,6 +53,9 @@ class ServeConfig:
     keep_days: float = DEFAULT_KEEP_DAYS
     keep_gb: float = DEFAULT_KEEP_GB
     retention_every_s: float = DEFAULT_EVERY_S  # how often the worker sweeps (and once at start)
+    # engine/backends: torch, or openvino (f32 or bf16) for every job of this server; recorded in each image
+    backend: str = "torch"
+    precision: str = "f32"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -72,6 +75,9 @@ class ServeConfig:
         if not 1 <= self.batch_max_images <= 64:
             raise ValueError(f"batch_max_images: must be between 1 and 64; got {self.batch_max_images}")
         self.retention  # validates keep_days / keep_gb (ValueError naming the field)
+        from difflab.engine.backends import choose_backend
+
+        choose_backend(self.backend, self.precision)  # openvino installed, bf16 native: ValueError naming the field
         if self.max_body_bytes < 1024:
             raise ValueError(f"max_body_bytes: must be at least 1024; got {self.max_body_bytes}")
         if self.api_token is not None and len(self.api_token) < 16:

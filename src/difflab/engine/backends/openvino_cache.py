@@ -1,0 +1,154 @@
+"""The on-disk cache of converted OpenVINO models: one folder per entry, found again by what it was converted from.
+
+Converting a U-Net of Stable Diffusion 1.5's size takes about two minutes (issue 20), so a second process must
+find the first one's work. An entry is the folder ``<root>/<key>/`` holding ``model.xml`` + ``model.bin`` (the
+OpenVINO IR) and ``manifest.json``; ``key`` is the SHA-256 of the entry's *identity*: a JSON object naming the
+component, the hashes of the weights it was converted from (difflab.io.hashing), the LoRAs fused into it with
+their weights, the input size, the precision and the library versions that did the conversion.
+
+Writes are atomic: an entry is built in a temporary folder beside its final place, its manifest (each file's
+size and SHA-256) written last, and the folder renamed into place in one step, so a reader sees a whole entry or
+none. Reading checks every file against the manifest: a truncated or otherwise corrupt entry is reported, moved
+out of the way and rebuilt, never loaded.
+
+The root is ``$DIFFLAB_OPENVINO_CACHE``, else the user cache folder (``$XDG_CACHE_HOME`` or ``~/.cache``, then
+``difflab/openvino``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+CACHE_ENV = "DIFFLAB_OPENVINO_CACHE"
+MANIFEST = "manifest.json"
+MODEL_XML, MODEL_BIN = "model.xml", "model.bin"
+FORMAT = 1  # bump when the entry layout or the wrappers' traced signatures change: old entries are then ignored
+
+
+def cache_root() -> Path:
+    """``$DIFFLAB_OPENVINO_CACHE``, else ``$XDG_CACHE_HOME/difflab/openvino`` (``~/.cache/difflab/openvino``)."""
+    override = os.environ.get(CACHE_ENV)
+    if override:
+        return Path(override).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "difflab" / "openvino"
+
+
+def entry_key(identity: dict[str, Any]) -> str:
+    """The folder name of an entry: SHA-256 of its identity as canonical JSON (first 32 hex digits)."""
+    canonical = json.dumps({**identity, "format": FORMAT}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+class CorruptEntry(Exception):
+    """An entry whose files do not match its manifest (truncated, edited, half-deleted)."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    folder: Path
+
+    @property
+    def xml(self) -> Path:
+        return self.folder / MODEL_XML
+
+    @property
+    def bin(self) -> Path:
+        return self.folder / MODEL_BIN
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(folder: Path) -> Entry:
+    """The entry in ``folder`` if every file matches its manifest; CorruptEntry saying which does not."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise CorruptEntry(f"{MANIFEST} unreadable ({error})") from None
+    for name in (MODEL_XML, MODEL_BIN):
+        if name not in files:
+            raise CorruptEntry(f"{MANIFEST} lists no {name}")
+    for name, expected in files.items():
+        path = folder / name
+        if not path.is_file():
+            raise CorruptEntry(f"{name} is missing")
+        size = path.stat().st_size
+        if size != expected["size"]:  # the cheap check first: a truncated file is found without reading it
+            raise CorruptEntry(f"{name} has {size} bytes, the manifest says {expected['size']}")
+        if _sha256(path) != expected["sha256"]:
+            raise CorruptEntry(f"{name} does not match its SHA-256 in the manifest")
+    return Entry(folder)
+
+
+def lookup(identity: dict[str, Any], say: Callable[[str], None], root: Optional[Path] = None) -> Optional[Entry]:
+    """The verified entry for ``identity``, or None (absent, or corrupt: then it is moved aside and removed)."""
+    folder = (root or cache_root()) / entry_key(identity)
+    if not folder.exists():
+        return None
+    try:
+        return verify(folder)
+    except CorruptEntry as error:
+        say(f"openvino cache: entry {folder} is corrupt ({error}); removing it and converting again")
+        _discard(folder)
+        return None
+
+
+def store(identity: dict[str, Any], write: Callable[[Path], None], root: Optional[Path] = None) -> Entry:
+    """Build an entry: ``write(folder)`` saves model.xml and model.bin into a temporary folder, the manifest is
+    written last, and the folder is renamed into place atomically. Another process that finished the same entry
+    first wins; its entry is kept (both were converted from the same identity)."""
+    root = root or cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / entry_key(identity)
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.", suffix=".tmp"))
+    try:
+        write(staging)
+        files = {}
+        for name in (MODEL_XML, MODEL_BIN):
+            path = staging / name
+            with open(path, "rb+") as handle:  # on disk before the manifest says it is whole
+                os.fsync(handle.fileno())
+            files[name] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+        manifest = {"identity": identity, "files": files, "format": FORMAT,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        with open(staging / MANIFEST, "w") as handle:
+            json.dump(manifest, handle, indent=1, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.rename(staging, final)  # atomic; fails when the final folder exists (another writer, or a leftover)
+        except OSError:
+            try:
+                return verify(final)
+            except CorruptEntry:
+                _discard(final)
+                os.rename(staging, final)
+        return Entry(final)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _discard(folder: Path) -> None:
+    """Move a bad entry aside first (one rename: no reader can meet it half-deleted), then delete it."""
+    aside = folder.with_name(f".{folder.name}.{os.getpid()}.corrupt")
+    try:
+        os.rename(folder, aside)
+    except OSError:
+        return
+    shutil.rmtree(aside, ignore_errors=True)
