@@ -62,6 +62,9 @@ def batch_command(
     width: Optional[int] = typer.Option(None, help="Width (multiple of 8) where a line sets none (else the model's)."),
     height: Optional[int] = typer.Option(None, help="Height where a line sets none (else the model's)."),
     model: Optional[str] = typer.Option(None, help="Model where a line sets none: preset, hub id (cached), folder or .safetensors."),
+    compile_unet: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile each model's U-Net once: the "
+                                 "first image waits for the compile, later ones are faster; pays for long files "
+                                 "(bench/results/compile.md). Images within 1/255 of eager; cached on disk."),
 ) -> None:
     """Generate every request of a prompt file into a folder: PNGs, a manifest, a contact sheet; resumable.
 
@@ -78,7 +81,11 @@ def batch_command(
         check_output(out)  # a file or an unwritable place fails before any weights load
         check_folder(plan, out)  # before the first write: a refused folder is left as it was
         quiet_libraries()
-        cache = PipelineCache()
+        cache = PipelineCache(compile=compile_unet)
+        if compile_unet:
+            from difflab.engine.compile import enable_disk_caches, notice
+
+            typer.echo(notice(enable_disk_caches()), err=True)
         made = skipped = 0
         try:
             with progress_bar("batch") as progress:

@@ -507,6 +507,9 @@ def serve_command(
                                     "with their images, and uploads no job uses once as old (0 = keep all)."),
     keep_gb: float = typer.Option(10.0, help="Retention: past this many GB of images the oldest finished jobs "
                                   "are removed (0 = no cap). Queued and running jobs are never touched."),
+    compile_unet: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile each model's U-Net once: "
+                                 "the first image waits for the compile, later ones are faster; compiled code is "
+                                 "cached on disk for the next start (bench/results/compile.md)."),
 ) -> None:
     """Serve the engine over HTTP: /v1 job API, A1111-compatible /sdapi/v1, OpenAPI at /docs, web UI at /ui."""
     from difflab.serve.config import ServeConfig
@@ -514,7 +517,8 @@ def serve_command(
     config = ServeConfig(data_dir=data_dir, host=host, port=port, max_queue=max_queue, api_token=api_token,
                          models_dir=models_dir, loras_dir=loras_dir, default_model=default_model,
                          max_body_bytes=int(max_body_mb * 1024 * 1024), ui=ui, preview_every=preview_every,
-                         batch=batch, batch_max_images=batch_max_images, keep_days=keep_days, keep_gb=keep_gb)
+                         batch=batch, batch_max_images=batch_max_images, keep_days=keep_days, keep_gb=keep_gb,
+                         compile=compile_unet)
     try:
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
@@ -522,6 +526,10 @@ def serve_command(
         fail("difflab serve needs FastAPI and uvicorn: pip install 'difflab[serve]'")
     from difflab.serve.app import serve
 
+    if compile_unet:
+        from difflab.engine.compile import enable_disk_caches, notice
+
+        typer.echo(notice(enable_disk_caches()), err=True)
     serve(config)
 
 

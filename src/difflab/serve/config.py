@@ -52,6 +52,9 @@ class ServeConfig:
     keep_days: float = DEFAULT_KEEP_DAYS
     keep_gb: float = DEFAULT_KEEP_GB
     retention_every_s: float = DEFAULT_EVERY_S  # how often the worker sweeps (and once at start)
+    # torch.compile each model's U-Net once (engine/compile.py): slower first image, faster later ones; pays for a
+    # server that draws many images (bench/results/compile.md). Off by default
+    compile: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))

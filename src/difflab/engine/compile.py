@@ -1,0 +1,86 @@
+"""``--compile``: torch.compile of a cached pipeline's U-Net, once per pipeline, for long-lived work (serve, batch).
+
+What it costs and what it buys (bench/compile.py, bench/results/compile.md, tiny-shapes on 2 CPU cores): the
+first image of a process waits for Inductor to compile the U-Net; afterwards each image is faster. Inductor keeps
+what it compiled on disk (its FX graph cache and the AOTAutograd cache), here in a difflab cache folder, so a
+second process with the same model, torch and CPU loads the compiled code instead of compiling it again.
+
+Only the U-Net is compiled: it runs ``steps`` (x2 with CFG) times an image, the VAE decoder once, the text encoder
+once. Compiling the decoder would add its own compile time for at most its share of an image's time (measured in
+the bench), so it does not pay.
+
+Dynamic shapes: the U-Net is compiled with ``dynamic=True`` (batch, height and width symbolic). One image already
+calls the U-Net at two batch sizes (CFG doubles the batch, and tiny-shapes' guidance interval stops doubling after
+70% of the steps), ``-n`` and the server's merged batches change the batch, and requests change the size. With
+static shapes every new (batch, height, width) would be a compile of its own (a minute each here), and past
+torch's recompile limit (8) the U-Net silently runs eager; symbolic shapes compile once for all of them (the bench
+compares the per-image times of both).
+
+Pixels: Inductor fuses and reorders float operations, so images may differ from eager by rounding, within 1/255
+(tests/engine/test_compile.py); the PNG's JSON record says ``compile`` so replay can tell.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+CACHE_ENV = "DIFFLAB_COMPILE_CACHE"  # where compiled artefacts go; else $XDG_CACHE_HOME/difflab/torch-compile
+# measured by bench/compile.py (tiny-shapes, 64x64, 20 steps, 2 CPU cores): what the first image of a process
+# costs beyond an eager one, with an empty and with a warm on-disk cache. Larger models take longer.
+FIRST_IMAGE_EXTRA_COLD_S = 70
+FIRST_IMAGE_EXTRA_WARM_S = 15
+
+
+def cache_dir() -> Path:
+    """Where torch keeps compiled artefacts for difflab: $DIFFLAB_COMPILE_CACHE, else a TORCHINDUCTOR_CACHE_DIR the
+    user set, else ~/.cache/difflab/torch-compile (under $XDG_CACHE_HOME when set)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "difflab" / "torch-compile"
+
+
+def enable_disk_caches() -> Path:
+    """Point Inductor's on-disk caches at ``cache_dir()`` and turn them on; returns the folder.
+
+    Must run before the first compile of the process: Inductor reads TORCHINDUCTOR_CACHE_DIR when it first
+    needs the folder."""
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    folder = cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    inductor_config.fx_graph_cache = True  # compiled graphs, keyed by graph, inputs, torch version and CPU
+    functorch_config.enable_autograd_cache = True  # the AOTAutograd layer above them (training graphs)
+    return folder
+
+
+def is_warm(folder: Path) -> bool:
+    """True when the folder already holds compiled graphs (a previous process compiled something)."""
+    graphs = folder / "fxgraph"
+    return graphs.is_dir() and any(graphs.iterdir())
+
+
+def notice(folder: Path) -> str:
+    """The one line ``--compile`` prints at start: what compiling costs and where its cache is."""
+    extra = FIRST_IMAGE_EXTRA_WARM_S if is_warm(folder) else FIRST_IMAGE_EXTRA_COLD_S
+    state = "warm" if is_warm(folder) else "empty"
+    return (f"compiling the U-Net: first image takes ~{extra} s longer ({state} cache, measured on tiny-shapes with "
+            f"2 CPU cores; larger models longer); cache at {folder}")
+
+
+def compile_pipeline(pipeline: Any) -> Any:
+    """Compile ``pipeline.unet`` in place (``nn.Module.compile``: the module keeps its class, config and
+    attributes, which diffusers, LoRA loading and the engine read). Compiling happens at its first call."""
+    enable_disk_caches()
+    pipeline.unet.compile(dynamic=True)
+    return pipeline
+
+
+def is_compiled(module: Any) -> bool:
+    """True for a module compiled in place by ``compile_pipeline``."""
+    return getattr(module, "_compiled_call_impl", None) is not None
