@@ -150,7 +150,10 @@ def ddpm_train(
     checkpoint_every: int = typer.Option(500, min=1),
     resume: bool = typer.Option(False, help="Continue from the training state in --out."),
 ) -> None:
-    """Train a pixel-space diffusion U-Net; writes checkpoints, loss.csv/png and a final samples.png grid."""
+    """Train a pixel-space diffusion U-Net; writes checkpoints, loss.csv/png and a final samples.png grid.
+
+    No --compile: torch.compile does not pay for training here (the first step compiles for minutes, later steps are
+    no faster; bench/results/compile.md)."""
     from difflab.core.train import TrainConfig, train
     from difflab.core.unet import UNetConfig
 

@@ -41,11 +41,11 @@ def test_cache_folder_is_difflabs_unless_the_user_names_one(monkeypatch, tmp_pat
 
 def test_notice_names_the_cost_and_the_folder_and_knows_a_warm_cache(tmp_path):
     cold = engine_compile.notice(tmp_path)
-    assert cold.startswith("compiling the U-Net: first image takes ~") and str(tmp_path) in cold
-    assert f"~{engine_compile.FIRST_IMAGE_EXTRA_COLD_S} s" in cold and "empty cache" in cold
+    assert cold.startswith(f"compiling the U-Net: first image takes ~{engine_compile.FIRST_IMAGE_EXTRA_S} s longer")
+    assert cold.endswith(f"cache at {tmp_path}")
     (tmp_path / "fxgraph" / "ab").mkdir(parents=True)
     warm = engine_compile.notice(tmp_path)
-    assert f"~{engine_compile.FIRST_IMAGE_EXTRA_WARM_S} s" in warm and "warm cache" in warm
+    assert "compiled graphs found in the cache" in warm and warm.endswith(f"cache at {tmp_path}")
 
 
 @pytest.fixture
@@ -65,6 +65,7 @@ def test_compiled_unet_draws_eagers_images_and_fills_the_disk_cache(tiny_sd_fold
     monkeypatch.setenv(engine_compile.CACHE_ENV, str(tmp_path / "compile-cache"))
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "compile-cache"))  # restored after the test
     torch._dynamo.reset()
+    graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     eager, compiled = PipelineCache(), PipelineCache(compile=True)
     shapes = [dict(), dict(n=2, seed=5), dict(width=48, height=32)]  # batch 2->1, 4->2, and another size
     for fields in shapes:
@@ -76,8 +77,10 @@ def test_compiled_unet_draws_eagers_images_and_fills_the_disk_cache(tiny_sd_fold
             assert difference <= 1, f"{fields}: compiled differs from eager by {difference}/255"
     pipeline, _ = compiled.get(compiled_model(tiny_sd_folder))
     assert engine_compile.is_compiled(pipeline.unet)
-    # one compile served every batch and size (dynamic=True): no recompile per shape
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 4, dict(torch._dynamo.utils.counters["stats"])
+    # dynamic=True: one graph for every batch >= 2 and size, one for batch 1 (torch specialises sizes 0 and 1),
+    # not one per (batch, height, width) as static shapes would compile (five here)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs_before
+    assert graphs <= 3, dict(torch._dynamo.utils.counters["stats"])
 
     folder = tmp_path / "compile-cache"
     assert engine_compile.is_warm(folder), sorted(p.name for p in folder.iterdir())
@@ -110,7 +113,7 @@ def test_batch_compile_says_what_it_costs_and_records_it(tiny_sd_folder, tmp_pat
     done = CliRunner().invoke(app, ["batch", str(prompts), "-o", str(tmp_path / "out"), "--model",
                                     str(tiny_sd_folder), "--compile"])
     assert done.exit_code == 0, done.output
-    assert f"compiling the U-Net: first image takes ~{engine_compile.FIRST_IMAGE_EXTRA_COLD_S} s longer" in done.output
+    assert f"compiling the U-Net: first image takes ~{engine_compile.FIRST_IMAGE_EXTRA_S} s longer" in done.output
     assert f"cache at {folder}" in done.output
     images = sorted((tmp_path / "out").glob("*.png"))
     assert images and read_png_metadata(images[0])[1]["environment"]["compile"].startswith("torch.compile")
