@@ -1,7 +1,8 @@
 """--compile (engine/compile.py): a torch.compile'd U-Net draws eager's images within 1/255, says so in the PNG's
 record, and leaves compiled artefacts in difflab's cache folder for the next process.
 
-The compiling test takes about a minute on two CPU cores, so it is `slow` and runs only when asked:
+The compiling tests take minutes (three compiles of a tiny U-Net; over 50 minutes on the shared machine at load
+8-16, where it has not yet finished whole), so they are `slow` and run only when asked:
 ``scripts/test.sh -n 0 -m slow tests/engine/test_compile.py`` (its own .ci/run step)."""
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def test_notice_names_the_cost_and_the_folder_and_knows_a_warm_cache(tmp_path):
 @pytest.fixture
 def _only_when_asked(request: pytest.FixtureRequest) -> None:
     if "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("compiles a U-Net (about a minute): `scripts/test.sh -n 0 -m slow tests/engine/test_compile.py`")
+        pytest.skip("compiles a U-Net (minutes): `scripts/test.sh -n 0 -m slow tests/engine/test_compile.py`")
 
 
 @pytest.mark.slow
@@ -65,22 +66,21 @@ def test_compiled_unet_draws_eagers_images_and_fills_the_disk_cache(tiny_sd_fold
     monkeypatch.setenv(engine_compile.CACHE_ENV, str(tmp_path / "compile-cache"))
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "compile-cache"))  # restored after the test
     torch._dynamo.reset()
-    graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     eager, compiled = PipelineCache(), PipelineCache(compile=True)
-    shapes = [dict(), dict(n=2, seed=5), dict(width=48, height=32)]  # batch 2->1, 4->2, and another size
-    for fields in shapes:
+    graphs = []
+    for fields in (dict(), dict(n=2, seed=5), dict(width=48, height=32)):  # batch 2->1, 4->2, another size
         want = run(request(tiny_sd_folder, **fields), eager)
         got = run(request(tiny_sd_folder, **fields), compiled)
+        graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
         assert got.compiled and not want.compiled
         for mine, theirs in zip(got.images, want.images):
             difference = np.abs(pixels(mine) - pixels(theirs)).max()
             assert difference <= 1, f"{fields}: compiled differs from eager by {difference}/255"
     pipeline, _ = compiled.get(compiled_model(tiny_sd_folder))
     assert engine_compile.is_compiled(pipeline.unet)
-    # dynamic=True: one graph for every batch >= 2 and size, one for batch 1 (torch specialises sizes 0 and 1),
-    # not one per (batch, height, width) as static shapes would compile (five here)
-    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs_before
-    assert graphs <= 3, dict(torch._dynamo.utils.counters["stats"])
+    # dynamic=True: the first image compiled a graph for batch 2 (CFG) and one for batch 1 (torch specialises
+    # sizes 0 and 1); n=2 (batches 4 and 2) reused them, where static shapes would have compiled batch 4 anew
+    assert graphs[1] == graphs[0], graphs
 
     folder = tmp_path / "compile-cache"
     assert engine_compile.is_warm(folder), sorted(p.name for p in folder.iterdir())

@@ -14,12 +14,13 @@ calls the U-Net at two batch sizes (CFG doubles the batch, and tiny-shapes' guid
 70% of the steps), ``-n`` and the server's merged batches change the batch, and requests change the size. With
 static shapes every new (batch, height, width) would be a compile of its own (a minute each here), and past
 torch's recompile limit (8) the U-Net silently runs eager; symbolic shapes compile one graph for every batch >= 2
-and size, and one for batch 1 (torch specialises sizes 0 and 1). Open question (bench/results/compile.md): a
+(checked) and one for batch 1 (torch specialises sizes 0 and 1); that new sizes reuse them is not yet confirmed. Open question (bench/results/compile.md): a
 dynamic compile looked much slower than issue 25's static 68 s on the loaded machine; a quiet re-run of
 bench/compile.py decides whether per-size static compiles are cheaper for a server that sees one or two sizes.
 
 Pixels: Inductor fuses and reorders float operations, so images may differ from eager by rounding, within 1/255
-(tests/engine/test_compile.py); the PNG's JSON record says ``compile`` so replay can tell.
+(tests/engine/test_compile.py; 0/255 and 1/255 measured, bench/results/compile.md); the PNG's JSON record says
+``compile`` so replay can tell.
 """
 
 from __future__ import annotations
