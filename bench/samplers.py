@@ -19,6 +19,9 @@ alone takes 15 to 30 minutes on two cores).
 
 ``--quick`` is a smoke test (5 per class, 10 steps, DDPM at 100 as the stand-in reference): it runs in seconds
 and its numbers are not the benchmark.
+
+The same table on the bundled tiny-shapes model (A1111 samplers through the engine, the shapes analyzer beside
+the Frechet distance): bench/samplers_tiny_shapes.py.
 """
 
 from __future__ import annotations

@@ -73,6 +73,9 @@ def batch_command(
                                               "each (default: one per GPU, else one per node)."),
     backend: str = typer.Option("torch", "--backend", help="torch or openvino, for every line (see generate --help)."),
     precision: str = typer.Option("f32", "--precision", help="OpenVINO precision: f32 or bf16."),
+    compile_unet: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile each model's U-Net once: the "
+                                 "first image waits for the compile, later ones are faster; pays for long files "
+                                 "(bench/results/compile.md). Images within 1/255 of eager; cached on disk."),
 ) -> None:
     """Generate every request of a prompt file into a folder: PNGs, a manifest, a contact sheet; resumable.
 
@@ -100,8 +103,15 @@ def batch_command(
         check_output(out)  # a file or an unwritable place fails before any weights load
         check_folder(plan, out)  # before the first write: a refused folder is left as it was
         quiet_libraries()
-        cache = pipeline_cache(chosen_backend)
+        if compile_unet and (ray or not chosen_backend.is_torch):  # compiles the U-Net of this process's cache
+            raise ValueError("compile: --compile is for the torch backend in this process; it cannot go with "
+                             f"{'--ray' if ray else '--backend openvino (OpenVINO compiles its own models)'}")
+        cache = pipeline_cache(chosen_backend, compile=compile_unet)
         options = RayOptions(address=ray_address, workers=ray_workers) if ray else None
+        if compile_unet:
+            from difflab.engine.compile import enable_disk_caches, notice
+
+            typer.echo(notice(enable_disk_caches()), err=True)
         made = skipped = 0
         try:
             with progress_bar("batch") as progress:

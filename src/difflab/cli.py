@@ -157,7 +157,10 @@ def ddpm_train(
     checkpoint_every: int = typer.Option(500, min=1),
     resume: bool = typer.Option(False, help="Continue from the training state in --out."),
 ) -> None:
-    """Train a pixel-space diffusion U-Net; writes checkpoints, loss.csv/png and a final samples.png grid."""
+    """Train a pixel-space diffusion U-Net; writes checkpoints, loss.csv/png and a final samples.png grid.
+
+    No --compile: torch.compile does not pay for training here (the first step compiles for minutes, later steps are
+    no faster; bench/results/compile.md)."""
     from difflab.core.train import TrainConfig, train
     from difflab.core.unet import UNetConfig
 
@@ -524,6 +527,9 @@ def serve_command(
                                   "are removed (0 = no cap). Queued and running jobs are never touched."),
     backend: str = typer.Option("torch", "--backend", help=BACKEND_HELP),
     precision: str = typer.Option("f32", "--precision", help=PRECISION_HELP),
+    compile_unet: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile each model's U-Net once: "
+                                 "the first image waits for the compile, later ones are faster; compiled code is "
+                                 "cached on disk for the next start (bench/results/compile.md)."),
 ) -> None:
     """Serve the engine over HTTP: /v1 job API, A1111-compatible /sdapi/v1, OpenAPI at /docs, web UI at /ui."""
     from difflab.serve.config import ServeConfig
@@ -532,7 +538,7 @@ def serve_command(
                          models_dir=models_dir, loras_dir=loras_dir, default_model=default_model,
                          max_body_bytes=int(max_body_mb * 1024 * 1024), ui=ui, preview_every=preview_every,
                          batch=batch, batch_max_images=batch_max_images, keep_days=keep_days, keep_gb=keep_gb,
-                         backend=backend, precision=precision)
+                         backend=backend, precision=precision, compile=compile_unet)
     try:
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
@@ -540,6 +546,10 @@ def serve_command(
         fail("difflab serve needs FastAPI and uvicorn: pip install 'difflab[serve]'")
     from difflab.serve.app import serve
 
+    if compile_unet:
+        from difflab.engine.compile import enable_disk_caches, notice
+
+        typer.echo(notice(enable_disk_caches()), err=True)
     serve(config)
 
 

@@ -138,6 +138,8 @@ def image_png(result: Result, index: int, placement: Placement | None = None) ->
                   "Version": fields.get("Version")}
     if result.batch is not None:  # drawn in one call with other requests (engine.merged): where it sat
         full_record["batch"] = result.batch.to_json()
+    if result.compiled:  # torch.compile'd U-Net: pixels may differ from eager by rounding (within 1/255)
+        full_record["environment"]["compile"] = "torch.compile (inductor): U-Net"
     parameters = format_parameters(prompt, settings.request.negative_prompt, fields)
     return png_bytes(result.images[index], pnginfo=png_info(parameters, full_record))
 

@@ -68,6 +68,7 @@ class Result:
     controls: list = field(default_factory=list)  # engine.control_run.PreparedControl that steered them
     batch: Optional["MergedBatch"] = None  # set when drawn in one call with other requests (run_merged)
     backend: Backend = field(default_factory=Backend)  # what ran the modules (engine/backends), for metadata
+    compiled: bool = False  # drawn by a torch.compile'd U-Net (engine/compile.py): pixels within 1/255 of eager
 
 
 @dataclass
@@ -76,6 +77,7 @@ class PipelineCache:
 
     placement: Placement = field(default_factory=choose_placement)
     backend: Backend = field(default_factory=Backend)  # torch, or OpenVINO copies of the modules (engine/backends)
+    compile: bool = False  # torch.compile each pipeline's U-Net once, when loaded (engine/compile.py, --compile)
     _pipelines: dict[tuple, Any] = field(default_factory=dict)
     _controlnets: dict[tuple, Any] = field(default_factory=dict)
     _vaes: dict[tuple, Any] = field(default_factory=dict)
@@ -87,6 +89,10 @@ class PipelineCache:
         with self._lock:
             if key not in self._pipelines:
                 pipeline = load_pipeline(model, self.placement)
+                if self.compile:
+                    from difflab.engine.compile import compile_pipeline
+
+                    compile_pipeline(pipeline)
                 self._pipelines[key] = (pipeline, pipeline.scheduler)
             return self._pipelines[key]
 
@@ -272,5 +278,5 @@ def _draw(requests: list[GenerationRequest], cache: PipelineCache, on_step, prev
     return [Result(Settings.of(one, model) if together else settings,
                    images[place.first_image:place.first_image + one.n], [one.seed + i for i in range(one.n)],
                    seconds, notes=list(notes), loras=loras, controls=controls, batch=place if together else None,
-                   backend=cache.backend)
+                   backend=cache.backend, compiled=cache.compile)
             for one, place in zip(requests, places)]

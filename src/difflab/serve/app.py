@@ -75,6 +75,10 @@ def create_app(config: ServeConfig, *, cache=None, lock_data_dir: bool = True) -
     from difflab.serve import a1111, a1111_img2img, routes
 
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    if cache is None and config.compile:
+        from difflab.engine.pipeline import PipelineCache
+
+        cache = PipelineCache(compile=True)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -56,6 +56,9 @@ class ServeConfig:
     # engine/backends: torch, or openvino (f32 or bf16) for every job of this server; recorded in each image
     backend: str = "torch"
     precision: str = "f32"
+    # torch.compile each model's U-Net once (engine/compile.py): slower first image, faster later ones; pays for a
+    # server that draws many images (bench/results/compile.md). Off by default
+    compile: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -78,6 +81,8 @@ class ServeConfig:
         from difflab.engine.backends import choose_backend
 
         choose_backend(self.backend, self.precision)  # openvino installed, bf16 native: ValueError naming the field
+        if self.compile and self.backend != "torch":
+            raise ValueError("compile: --compile is for the torch backend; OpenVINO compiles its own models")
         if self.max_body_bytes < 1024:
             raise ValueError(f"max_body_bytes: must be at least 1024; got {self.max_body_bytes}")
         if self.api_token is not None and len(self.api_token) < 16:

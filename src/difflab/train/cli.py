@@ -21,7 +21,10 @@ def t2i(
     phase: str = typer.Option("all", help="vae, decoder, text, unet, or all (vae, decoder, text, then unet; decoder and text where the recipe gives them steps)."),
     max_steps: Optional[int] = typer.Option(None, min=1, help="Cap every phase at this many steps (quick trials)."),
 ) -> None:
-    """Train the text-to-image model: AutoencoderKL, then U-Net + text encoder; writes a diffusers pipeline folder."""
+    """Train the text-to-image model: AutoencoderKL, then U-Net + text encoder; writes a diffusers pipeline folder.
+
+    No --compile: torch.compile does not pay for training here (the first step compiles for minutes, later steps are
+    no faster; bench/results/compile.md)."""
     from difflab.cli import check_output, fail, progress_bar, quiet_libraries, user_errors
 
     @user_errors
@@ -91,7 +94,10 @@ def lora(
     gradient_checkpointing: bool = typer.Option(False, help="Less memory, more compute (large bases on GPU)."),
     resolution: Optional[int] = typer.Option(None, help="Training image side [default: the base model's]."),
 ) -> None:
-    """Train a LoRA on a folder of captioned images; writes diffusers and kohya .safetensors and a JSON record."""
+    """Train a LoRA on a folder of captioned images; writes diffusers and kohya .safetensors and a JSON record.
+
+    No --compile: torch.compile does not pay for training here (the first step compiles for minutes, later steps are
+    no faster; bench/results/compile.md)."""
     from difflab.cli import check_output, fail, progress_bar, quiet_libraries, user_errors
 
     @user_errors
@@ -177,7 +183,10 @@ def controlnet(
     resume: bool = typer.Option(False, help="Continue from the training state in --out, exactly."),
     seed: int = typer.Option(0, help="ControlNet initialisation and every random draw."),
 ) -> None:
-    """Train a canny ControlNet from the base U-Net on procedural shapes; writes a diffusers ControlNet folder."""
+    """Train a canny ControlNet from the base U-Net on procedural shapes; writes a diffusers ControlNet folder.
+
+    No --compile: torch.compile does not pay for training here (the first step compiles for minutes, later steps are
+    no faster; bench/results/compile.md)."""
     from difflab.cli import check_output, progress_bar, quiet_libraries, user_errors
 
     @user_errors

@@ -96,13 +96,16 @@ def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return any(flag in flags for flag in BF16_FLAGS)
 
 
-def pipeline_cache(backend: Backend):
-    """A PipelineCache for ``backend``: OpenVINO runs on the CPU, where the PyTorch modules it converts live."""
+def pipeline_cache(backend: Backend, compile: bool = False):
+    """A PipelineCache for ``backend``: OpenVINO runs on the CPU, where the PyTorch modules it converts live.
+    ``compile``: torch.compile each U-Net (engine/compile.py), a torch-backend option only."""
     from difflab.engine.device import choose_placement
     from difflab.engine.pipeline import PipelineCache
 
     placement = choose_placement("cpu" if not backend.is_torch else "auto")
-    return PipelineCache(placement=placement, backend=backend)
+    if compile and not backend.is_torch:
+        raise ValueError("compile: --compile is for the torch backend; OpenVINO compiles its own models")
+    return PipelineCache(placement=placement, backend=backend, compile=compile)
 
 
 def from_record(record: Optional[dict]) -> Backend:
