@@ -94,6 +94,51 @@ def test_ensemble_matches_diffusers_documented_recipe(sdxl_folders) -> None:
     assert np.abs(pixels(base_only.images[0]) - pixels(result.images[0])).mean() > 1  # the refiner did something
 
 
+def test_the_refiner_knows_the_prompts_embeddings_too(sdxl_folders, tmp_path: Path) -> None:
+    """An SDXL embedding's clip_g vectors reach the refiner's text encoder, as A1111 applies embeddings to every
+    model it runs; the reference is diffusers' own load_textual_inversion on both pipelines, then the ensemble.
+    The refiner runs 7 of 10 steps and the vectors are large, so the tiny refiner visibly depends on them (49/255
+    with and without them in its text encoder, measured)."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(4)
+    state = {"clip_l": torch.randn(2, 16, generator=generator), "clip_g": 30 * torch.randn(2, 16, generator=generator)}
+    save_file(state, str(tmp_path / "xl-style.safetensors"))
+    base_folder, refiner_folder = sdxl_folders
+    prompt = "a red xl-style circle"
+    result = run(request(base_folder, prompt=prompt, refiner=str(refiner_folder), refiner_switch=0.3, n=2,
+                         embeddings=[str(tmp_path / "xl-style.safetensors")]), CACHE)
+    base = StableDiffusionXLPipeline.from_pretrained(base_folder)
+    refiner = StableDiffusionXLImg2ImgPipeline.from_pretrained(refiner_folder)
+    base.load_textual_inversion(state["clip_l"], token="xl-style", text_encoder=base.text_encoder,
+                                tokenizer=base.tokenizer)
+    for pipe in (base, refiner):
+        pipe.load_textual_inversion(state["clip_g"], token="xl-style", text_encoder=pipe.text_encoder_2,
+                                    tokenizer=pipe.tokenizer_2)
+    generators = [torch.Generator("cpu").manual_seed(3 + i) for i in range(2)]
+    common = dict(prompt=prompt, num_inference_steps=10, guidance_scale=5.0, num_images_per_prompt=2,
+                  generator=generators)
+    latents = base(**common, width=64, height=64, denoising_end=0.3, output_type="latent").images
+    expected = refiner(**common, image=latents, denoising_start=0.3).images
+    for got, want in zip(result.images, expected):
+        assert np.abs(pixels(got) - pixels(want)).max() <= 1
+
+
+def test_a_base_as_its_own_refiner_takes_the_embedding_once(sdxl_folders, tmp_path: Path) -> None:
+    """The same cached pipeline runs both parts: the embedding is applied to it once (a second application would
+    find its token already in the tokenizer and refuse)."""
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(5)
+    save_file({"clip_l": torch.randn(2, 16, generator=generator), "clip_g": torch.randn(2, 16, generator=generator)},
+              str(tmp_path / "xl-style.safetensors"))
+    base_folder, _ = sdxl_folders
+    result = run(request(base_folder, prompt="a xl-style circle", refiner=str(base_folder), steps=4,
+                         embeddings=[str(tmp_path / "xl-style.safetensors")]), CACHE)
+    assert len(result.images) == 1
+
+
 def test_refiner_image_is_the_same_alone_or_in_a_batch(sdxl_folders) -> None:
     base_folder, refiner_folder = sdxl_folders
     batch = run(request(base_folder, refiner=str(refiner_folder), n=2, scheduler="Euler a"), CACHE)

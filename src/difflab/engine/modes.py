@@ -337,8 +337,14 @@ def _refine(latents, settings: "Settings", kwargs: dict[str, Any], cache: "Pipel
     model = resolve_model(request.refiner)  # its family was checked by check_settings
     loaded, original_scheduler = cache.get(model)
     from difflab.engine.backends import backend_modules
+    from difflab.engine.embeddings import applied_embeddings, resolve_for
 
-    with backend_modules(loaded, cache.backend, model):  # the run's backend draws the refiner's steps too
+    # the prompt's embeddings reach the refiner's own text encoder too (A1111 applies them to every model it runs),
+    # then the run's backend draws the refiner's steps
+    embeddings = resolve_for([request])
+    own = [] if model.path == settings.model.path else embeddings  # a base as its own refiner holds them already
+    with applied_embeddings(loaded, model.family, own), \
+            backend_modules(loaded, cache.backend, model, embeddings=embeddings):
         refiner = mode_pipeline(loaded, "img2img")  # a base SDXL model used as refiner runs as img2img
         config = dict(original_scheduler.config)
         refiner.scheduler = (make_scheduler(settings.scheduler, config) if settings.scheduler is not None
