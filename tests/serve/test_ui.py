@@ -256,6 +256,18 @@ def test_browser_generate_then_click_an_image_shows_its_parameters(ui_server, br
     assert len(images) == 2
     wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", images[1]))
     assert driver.execute_script("return arguments[0].naturalWidth", images[1]) == 32
+    # download: the file behind a gallery image (what its download button saves) is the PNG as written, with the
+    # parameters and record that regenerate it, not a re-encoded copy without them
+    import io
+    import urllib.request
+
+    from PIL import Image
+
+    with urllib.request.urlopen(images[1].get_attribute("src"), timeout=30) as answer:
+        with Image.open(io.BytesIO(answer.read())) as downloaded:
+            assert downloaded.format == "PNG" and downloaded.size == (32, 32)
+            assert "a green square" in downloaded.info["parameters"] and "Seed: 78" in downloaded.info["parameters"]
+            assert '"seed": 78' in downloaded.info["difflab"]
     # the second image: its own seed (78) must reach the metadata panel
     images[1].click()
     metadata = wait.until(lambda d: "Seed: 78" in d.find_element(By.CSS_SELECTOR, "#txt2img_metadata").text
