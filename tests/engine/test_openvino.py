@@ -149,8 +149,8 @@ def test_sdxl_refiner_and_hires_fix_match_torch(tmp_path_factory: pytest.TempPat
 
     root = tmp_path_factory.mktemp("openvino-ensemble")
     base = build_sdxl(root)
-    with torch.no_grad():
-        base.unet.conv_out.weight.normal_(0, 0.2)
+    with torch.no_grad():  # weights of its own: a base equal to sdxl_folder's would (rightly) hit the cache
+        base.unet.conv_out.weight.normal_(0, 0.2, generator=torch.Generator().manual_seed(11))
     build_refiner(root, base).save_pretrained(root / "refiner", safe_serialization=True)
     base.save_pretrained(root / "base", safe_serialization=True)
     ensemble = sd_request(root / "base", steps=6, guidance=5.0, refiner=str(root / "refiner"), refiner_switch=0.5)
