@@ -23,7 +23,6 @@ Scores (none depends on the model sampled):
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -217,9 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     report = "\n".join(lines) + "\n"
     print(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    partial = args.out.with_name(args.out.name + ".partial")
-    partial.write_text(report)
-    os.replace(partial, args.out)
+    from difflab.io.atomic import atomic_write_bytes
+
+    atomic_write_bytes(args.out, report.encode())
     return 0
 
 

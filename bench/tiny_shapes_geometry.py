@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from PIL import Image
 
-    from difflab.core.checkpoint import atomic_write_bytes
+    from difflab.io.atomic import atomic_write_bytes
     from difflab.engine.pipeline import PipelineCache
     from difflab.engine.registry import resolve_model
     from difflab.viz.grid import png_bytes

@@ -260,9 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     ])
     print(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    partial = args.out.with_name(args.out.name + ".partial")
-    partial.write_text(report)
-    os.replace(partial, args.out)  # atomic: a killed run never leaves half a results file
+    from difflab.io.atomic import atomic_write_bytes
+
+    atomic_write_bytes(args.out, report.encode())  # a killed run never leaves half a results file
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
