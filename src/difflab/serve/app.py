@@ -75,11 +75,6 @@ def create_app(config: ServeConfig, *, cache=None, lock_data_dir: bool = True) -
     from difflab.serve import a1111, a1111_img2img, routes
 
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    if cache is None and config.compile:
-        from difflab.engine.pipeline import PipelineCache
-
-        cache = PipelineCache(compile=True)
-
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         lock = _lock_data_dir(config.data_dir) if lock_data_dir else None
@@ -88,10 +83,10 @@ def create_app(config: ServeConfig, *, cache=None, lock_data_dir: bool = True) -
         if requeued:
             log.warning("re-queued %d job(s) that were running when the server last stopped", requeued)
         policy = config.retention
-        if cache is None and config.backend != "torch":  # engine/backends: OpenVINO copies of the modules
+        if cache is None:  # engine/backends: torch (its U-Net compiled with --compile) or OpenVINO copies
             from difflab.engine.backends import choose_backend, pipeline_cache
 
-            worker_cache = pipeline_cache(choose_backend(config.backend, config.precision))
+            worker_cache = pipeline_cache(choose_backend(config.backend, config.precision), compile=config.compile)
         else:
             worker_cache = cache
         worker = Worker(store, config.images_dir, cache=worker_cache, preview_every=config.preview_every,
