@@ -221,6 +221,14 @@ def _type(driver, selector: str, value: str) -> None:
     box.send_keys(value)
 
 
+def _present(wait, selector: str):
+    """The element once it is in the page: what a click on a tab or an accordion reveals is rendered a moment
+    later (a find right after the click failed on a loaded CI machine)."""
+    from selenium.webdriver.common.by import By
+
+    return wait.until(lambda d: d.find_element(By.CSS_SELECTOR, selector))
+
+
 def _toasts(driver) -> list[str]:
     from selenium.webdriver.common.by import By
 
@@ -332,7 +340,7 @@ def test_browser_inpaints_what_the_brush_paints(ui_server, browser, tmp_path: Pa
     _tab(driver, "img2img")
     init = tmp_path / "init.png"
     Image.new("RGB", (64, 64), (200, 30, 30)).save(init)
-    driver.find_element(By.CSS_SELECTOR, "#img2img_prompt textarea").send_keys("a red square")
+    _present(wait, "#img2img_prompt textarea").send_keys("a red square")
     _type(driver, "#img2img_steps input[type=number]", "2")
     driver.find_element(By.CSS_SELECTOR, "#img2img_editor input[type=file]").send_keys(str(init))
     canvas = wait.until(lambda d: [c for c in d.find_elements(By.CSS_SELECTOR, "#img2img_editor canvas")
@@ -368,7 +376,7 @@ def test_browser_png_info_then_send_to_txt2img(ui_server, browser, tmp_path: Pat
     info.add_text("parameters", A1111_PARAMETERS)
     Image.new("RGB", (8, 8)).save(path, pnginfo=info)
     # the drop zone's file input: what a dropped file reaches
-    driver.find_element(By.CSS_SELECTOR, "#pnginfo_file input[type=file]").send_keys(str(path))
+    _present(wait, "#pnginfo_file input[type=file]").send_keys(str(path))
     wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#pnginfo_parameters textarea")
                .get_attribute("value") == A1111_PARAMETERS)
     driver.save_screenshot(str(artifacts_dir() / "ui-pnginfo.png"))
@@ -404,7 +412,7 @@ def test_browser_controlnet_unit_previews_its_map(ui_server, browser, tmp_path: 
     for field, value in (("width", "64"), ("height", "64")):
         _type(driver, f"#txt2img_{field} input[type=number]", value)
     driver.find_element(By.CSS_SELECTOR, "#txt2img_control2 button.label-wrap").click()  # open unit 2
-    driver.find_element(By.CSS_SELECTOR, "#txt2img_control2_image input[type=file]").send_keys(str(path))
+    _present(wait, "#txt2img_control2_image input[type=file]").send_keys(str(path))
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#txt2img_control2_image img"))
     driver.find_element(By.CSS_SELECTOR, "#txt2img_control2_preview").click()
     shown = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#txt2img_control2_map img"))[0]
