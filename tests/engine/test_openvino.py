@@ -20,6 +20,7 @@ pytest.importorskip("openvino")
 
 from difflab.engine.backends import choose_backend, pipeline_cache  # noqa: E402
 from difflab.engine.backends import openvino_cache  # noqa: E402
+from difflab.engine.backends.openvino_compiled import check_blobs, record_blobs  # noqa: E402
 from difflab.engine.backends.openvino_modules import STATS  # noqa: E402
 from difflab.engine.pipeline import PipelineCache, run  # noqa: E402
 from difflab.engine.request import build_request  # noqa: E402
@@ -97,9 +98,10 @@ def test_sd_txt2img_matches_torch_and_a_second_run_converts_nothing(tiny_sd_fold
     assert conversions() - before == 3  # text encoder, U-Net, VAE decoder
     assert_close(run(request, TORCH), first)
     assert first.backend.describe() == "openvino f32"
-    loads = STATS["load:unet"]
-    again = run(request, openvino())  # a new runtime: the disk cache serves it
+    loads, compiles, blobs = STATS["load:unet"], STATS["compile:unet"], STATS["blob:unet"]
+    again = run(request, openvino())  # a new runtime: the disk cache serves it, converted and compiled
     assert conversions() - before == 3 and STATS["load:unet"] == loads + 1
+    assert STATS["compile:unet"] == compiles and STATS["blob:unet"] == blobs + 1
     assert all(np.array_equal(pixels(a), pixels(b)) for a, b in zip(first.images, again.images))
 
 
@@ -211,6 +213,50 @@ def test_a_truncated_cache_file_is_detected_and_rebuilt(tiny_sd_folder: Path, op
     assert "is corrupt" in capfd.readouterr().err
     openvino_cache.verify(unet_entry)  # whole again
     assert np.array_equal(pixels(first.images[0]), pixels(again.images[0]))
+    blobs = openvino_cache.compiled_folder(unet_entry, "f32")  # its compiled blob went with it, and came back
+    assert list(blobs.glob("*.blob")) and check_blobs(blobs, print, full=True) == 0
+
+
+def test_a_corrupt_compiled_blob_is_compiled_again_not_loaded(tiny_sd_folder: Path, openvino_cache_dir: Path,
+                                                              capfd) -> None:
+    """OpenVINO itself loads some damaged blobs and computes wrong outputs with them, and fails to import others
+    (then compiles again): openvino_compiled's docstring. difflab's record of each blob's size, mtime and SHA-256
+    catches either first: without it, this test fails on the counts (loaded) or on the message (OpenVINO's
+    own recompilation)."""
+    request = sd_request(tiny_sd_folder, seed=12)
+    first = run(request, openvino())
+    blobs = [blob for blob in (openvino_cache_dir / openvino_cache.COMPILED).glob("*-f32/*.blob")
+             if blob.stat().st_size > 1_000_000]  # the U-Net's (the text encoder's and the VAE's are smaller)
+    assert blobs
+    for blob in blobs:
+        data = bytearray(blob.read_bytes())
+        middle = len(data) // 2
+        data[middle:middle + 4096] = bytes(byte ^ 0xFF for byte in data[middle:middle + 4096])
+        mtime_ns = blob.stat().st_mtime_ns + 10**9
+        blob.chmod(0o644)  # OpenVINO leaves its blobs read-only
+        blob.write_bytes(bytes(data))
+        os.utime(blob, ns=(mtime_ns, mtime_ns))
+    compiles, loaded = STATS["compile:unet"], STATS["blob:unet"]
+    again = run(request, openvino())
+    assert STATS["compile:unet"] == compiles + 1 and STATS["blob:unet"] == loaded  # compiled, not loaded
+    assert "is not loaded" in capfd.readouterr().err
+    assert np.array_equal(pixels(first.images[0]), pixels(again.images[0]))
+    third = run(request, openvino())  # and the blob written again is recorded: the next process loads it
+    assert STATS["blob:unet"] == loaded + 1
+    assert np.array_equal(pixels(first.images[0]), pixels(third.images[0]))
+
+
+def test_an_unrecorded_blob_is_removed(tmp_path: Path) -> None:
+    """A blob nobody recorded: its writer was killed before recording it (OpenVINO writes in place)."""
+    folder = tmp_path / "compiled" / "x-f32"
+    folder.mkdir(parents=True)
+    (folder / "123.blob").write_bytes(b"half a blob")
+    said = []
+    assert check_blobs(folder, said.append) == 1
+    assert not (folder / "123.blob").exists() and "not recorded" in said[0]
+    (folder / "456.blob").write_bytes(b"a whole blob")
+    record_blobs(folder)
+    assert check_blobs(folder, said.append) == 0 and (folder / "456.blob").exists()
 
 
 def fake_entry(root: Path, identity: dict) -> openvino_cache.Entry:
@@ -296,8 +342,9 @@ def test_a_same_size_edit_that_restores_the_mtime_passes_a_load_not_the_full_che
     with pytest.raises(openvino_cache.CorruptEntry, match="model.bin does not match its SHA-256"):
         openvino_cache.verify(entry.folder, full=True)
     said = []
+    (tmp_path / openvino_cache.COMPILED).mkdir(exist_ok=True)  # OpenVINO's blob folders are no entry: left alone
     assert openvino_cache.verify_all(tmp_path, said.append) == (1, 1)
-    assert not entry.folder.exists() and other.folder.exists()
+    assert not entry.folder.exists() and other.folder.exists() and (tmp_path / openvino_cache.COMPILED).is_dir()
     assert "corrupt" in said[0]
 
 

@@ -22,6 +22,9 @@ The trade-off, said plainly: an edit that keeps the file's size *and* puts its o
 Manifests written before mtimes were recorded are hashed in full, as before, once: a file that matches gets its
 mtime recorded then.
 
+Beside the entries, ``<root>/compiled/<key>-<precision>/`` holds what OpenVINO compiled from entry ``<key>``
+(its own model cache, CACHE_DIR), checked the same way: openvino_compiled.py.
+
 The root is ``$DIFFLAB_OPENVINO_CACHE``, else the user cache folder (``$XDG_CACHE_HOME`` or ``~/.cache``, then
 ``difflab/openvino``).
 """
@@ -42,6 +45,7 @@ from typing import Any, Callable, Optional
 CACHE_ENV = "DIFFLAB_OPENVINO_CACHE"
 MANIFEST = "manifest.json"
 MODEL_XML, MODEL_BIN = "model.xml", "model.bin"
+COMPILED = "compiled"  # OpenVINO's compiled blobs, one folder per entry and precision (openvino_compiled.py)
 ENTRY_NAME = re.compile(r"[0-9a-f]{32}")  # entry_key's folder names
 FORMAT = 1  # bump when the entry layout or the wrappers' traced signatures change: old entries are then ignored
 
@@ -59,6 +63,11 @@ def entry_key(identity: dict[str, Any]) -> str:
     """The folder name of an entry: SHA-256 of its identity as canonical JSON (first 32 hex digits)."""
     canonical = json.dumps({**identity, "format": FORMAT}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def compiled_folder(entry_folder: Path, precision: str) -> Path:
+    """The CACHE_DIR for what OpenVINO compiles from the entry in ``entry_folder`` at ``precision``."""
+    return entry_folder.parent / COMPILED / f"{entry_folder.name}-{precision}"
 
 
 class CorruptEntry(Exception):
@@ -86,6 +95,24 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def check_file(path: Path, expected: dict[str, Any], full: bool = False) -> Optional[int]:
+    """CorruptEntry unless the file at ``path`` matches ``expected`` (its size, mtime_ns and sha256 as recorded).
+    A file whose size and mtime match is trusted unread unless ``full``. Returns the file's mtime_ns when it had
+    to be hashed and matched under an mtime other than the recorded one (the caller records it), else None."""
+    try:
+        status = path.stat()
+    except OSError:
+        raise CorruptEntry(f"{path.name} is missing") from None
+    if status.st_size != expected["size"]:  # the cheap check first: a truncated file is found without reading it
+        raise CorruptEntry(f"{path.name} has {status.st_size} bytes, the manifest says {expected['size']}")
+    if not full and expected.get("mtime_ns") == status.st_mtime_ns:
+        return None
+    if _sha256(path) != expected["sha256"]:
+        raise CorruptEntry(f"{path.name} does not match its SHA-256 in the manifest")
+    # a new mtime, or a manifest from before mtimes were recorded
+    return status.st_mtime_ns if expected.get("mtime_ns") != status.st_mtime_ns else None
+
+
 def verify(folder: Path, full: bool = False) -> Entry:
     """The entry in ``folder`` if every file matches its manifest; CorruptEntry saying which does not.
 
@@ -101,47 +128,36 @@ def verify(folder: Path, full: bool = False) -> Entry:
             raise CorruptEntry(f"{MANIFEST} lists no {name}")
     touched = {}  # files whose hash matched under a new mtime: recorded so the next load trusts them
     for name, expected in files.items():
-        path = folder / name
-        try:
-            status = path.stat()
-        except OSError:
-            raise CorruptEntry(f"{name} is missing") from None
-        if status.st_size != expected["size"]:  # the cheap check first: a truncated file is found without reading it
-            raise CorruptEntry(f"{name} has {status.st_size} bytes, the manifest says {expected['size']}")
-        if not full and expected.get("mtime_ns") == status.st_mtime_ns:
-            continue
-        if _sha256(path) != expected["sha256"]:
-            raise CorruptEntry(f"{name} does not match its SHA-256 in the manifest")
-        if expected.get("mtime_ns") != status.st_mtime_ns:  # a new mtime, or a manifest from before mtimes
-            touched[name] = status.st_mtime_ns
+        mtime_ns = check_file(folder / name, expected, full)
+        if mtime_ns is not None:
+            touched[name] = mtime_ns
     if touched:
-        _record_mtimes(folder, manifest, touched)
+        for name, mtime_ns in touched.items():
+            files[name]["mtime_ns"] = mtime_ns
+        write_json(folder / MANIFEST, manifest, best_effort=True)
     return Entry(folder)
 
 
-def _file_record(path: Path) -> dict[str, Any]:
+def file_record(path: Path) -> dict[str, Any]:
+    """What a manifest records of a file, for ``check_file``."""
     status = path.stat()
     return {"size": status.st_size, "mtime_ns": status.st_mtime_ns, "sha256": _sha256(path)}
 
 
-def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    """Temporary file, fsync, rename: a reader sees the old manifest or the new one, never half of one."""
-    temporary = folder / f".{MANIFEST}.{os.getpid()}.tmp"
-    with open(temporary, "w") as handle:
-        json.dump(manifest, handle, indent=1, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, folder / MANIFEST)
-
-
-def _record_mtimes(folder: Path, manifest: dict[str, Any], mtimes: dict[str, int]) -> None:
-    """Best effort: a read-only cache still loads, it only hashes again next time."""
-    for name, mtime_ns in mtimes.items():
-        manifest["files"][name]["mtime_ns"] = mtime_ns
+def write_json(path: Path, value: Any, best_effort: bool = False) -> None:
+    """Temporary file, fsync, rename: a reader sees the old file or the new one, never half of one.
+    ``best_effort``: an OSError is ignored (a read-only cache still loads; it only hashes again next time)."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        _write_manifest(folder, manifest)
+        with open(temporary, "w") as handle:
+            json.dump(value, handle, indent=1, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
     except OSError:
-        pass
+        temporary.unlink(missing_ok=True)
+        if not best_effort:
+            raise
 
 
 def lookup(identity: dict[str, Any], say: Callable[[str], None], root: Optional[Path] = None) -> Optional[Entry]:
@@ -155,6 +171,14 @@ def lookup(identity: dict[str, Any], say: Callable[[str], None], root: Optional[
         say(f"openvino cache: entry {folder} is corrupt ({error}); removing it and converting again")
         _discard(folder)
         return None
+
+
+def _discard(folder: Path) -> None:
+    """Remove a bad entry and what OpenVINO compiled from it. The entry is moved aside first (one rename: no
+    reader can meet it half-deleted)."""
+    for compiled in (folder.parent / COMPILED).glob(f"{folder.name}-*"):
+        _remove(compiled)
+    _remove(folder)
 
 
 def store(identity: dict[str, Any], write: Callable[[Path], None], root: Optional[Path] = None) -> Entry:
@@ -172,10 +196,10 @@ def store(identity: dict[str, Any], write: Callable[[Path], None], root: Optiona
             path = staging / name
             with open(path, "rb+") as handle:  # on disk before the manifest says it is whole
                 os.fsync(handle.fileno())
-            files[name] = _file_record(path)  # renaming the folder below keeps the files' mtimes
+            files[name] = file_record(path)  # renaming the folder below keeps the files' mtimes
         manifest = {"identity": identity, "files": files, "format": FORMAT,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        _write_manifest(staging, manifest)
+        write_json(staging / MANIFEST, manifest)
         try:
             os.rename(staging, final)  # atomic; fails when the final folder exists (another writer, or a leftover)
         except OSError:
@@ -190,8 +214,8 @@ def store(identity: dict[str, Any], write: Callable[[Path], None], root: Optiona
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def _discard(folder: Path) -> None:
-    """Move a bad entry aside first (one rename: no reader can meet it half-deleted), then delete it."""
+def _remove(folder: Path) -> None:
+    """Move a folder aside (one rename), then delete it."""
     aside = folder.with_name(f".{folder.name}.{os.getpid()}.corrupt")
     try:
         os.rename(folder, aside)
@@ -201,8 +225,11 @@ def _discard(folder: Path) -> None:
 
 
 def verify_all(root: Optional[Path] = None, say: Callable[[str], None] = print) -> tuple[int, int]:
-    """Hash every file of every entry under ``root`` (``verify(full=True)``), removing the corrupt ones: the check
-    a load skips for files whose size and mtime are unchanged. Returns (entries whole, entries removed)."""
+    """Hash every file of every entry under ``root`` (``verify(full=True)``), removing the corrupt ones, and every
+    compiled blob (openvino_compiled.check_blobs), removing those that do not match: the check a load skips for
+    files whose size and mtime are unchanged. Returns (entries whole, entries removed)."""
+    from difflab.engine.backends.openvino_compiled import check_blobs
+
     root = root or cache_root()
     whole = removed = 0
     for folder in sorted(root.iterdir()) if root.is_dir() else ():
@@ -215,7 +242,9 @@ def verify_all(root: Optional[Path] = None, say: Callable[[str], None] = print) 
             say(f"openvino cache: entry {folder} is corrupt ({error}); removed")
             _discard(folder)
             removed += 1
-    say(f"openvino cache {root}: {whole} entries whole, {removed} corrupt removed")
+    blobs_removed = sum(check_blobs(folder, say, full=True) for folder in sorted((root / COMPILED).glob("*-*")))
+    say(f"openvino cache {root}: {whole} entries whole, {removed} corrupt removed; "
+        f"{blobs_removed} corrupt compiled blob(s) removed")
     return whole, removed
 
 

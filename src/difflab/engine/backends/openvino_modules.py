@@ -21,7 +21,8 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
-# conversions, disk loads and compilations in this process, by component: tests count them, the bench reports them
+# conversions, disk loads, compilations and compiled blobs loaded in this process, by component ("convert:unet",
+# "load:unet", "compile:unet", "blob:unet"): tests count them, the bench reports them
 STATS: Counter = Counter()
 
 
@@ -48,8 +49,10 @@ class OpenVinoRuntime:
                 "INFERENCE_NUM_THREADS": torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY"}
 
     def compiled(self, component: str, identity: dict[str, Any], module: torch.nn.Module, example) -> Any:
-        """The compiled model for ``identity``: from memory, else from the disk cache, else converted now."""
+        """The compiled model for ``identity``: from memory, else from the disk cache (converted and compiled:
+        openvino_cache.py, openvino_compiled.py), else converted and compiled now."""
         from difflab.engine.backends import openvino_cache
+        from difflab.engine.backends.openvino_compiled import compile_entry
         from difflab.engine.backends.openvino_convert import convert
 
         key = openvino_cache.entry_key(identity)
@@ -64,9 +67,8 @@ class OpenVinoRuntime:
                 self.say(f"openvino: cached {component} in {entry.folder}")
             else:
                 STATS[f"load:{component}"] += 1
-            model = self.core.read_model(str(entry.xml), str(entry.bin))
-            compiled = self.core.compile_model(model, "CPU", self.compile_config)
-            STATS[f"compile:{component}"] += 1
+            compiled, from_blob = compile_entry(self.core, entry, self.precision, self.compile_config, self.say)
+            STATS[f"{'blob' if from_blob else 'compile'}:{component}"] += 1
             self._compiled[key] = compiled
             return compiled
 
