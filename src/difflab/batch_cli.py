@@ -95,7 +95,10 @@ def batch_command(
         if ray and not chosen_backend.is_torch:  # the actors hold PyTorch pipelines; OpenVINO there is not built yet
             raise ValueError("backend: --ray draws with the torch backend only; drop --backend openvino, or run "
                              "the batch without --ray")
-        plan = plan_batch(prompts, defaults)
+        if compile_unet and (ray or not chosen_backend.is_torch):  # compiles the U-Net of this process's cache
+            raise ValueError("compile: --compile is for the torch backend in this process; it cannot go with "
+                             f"{'--ray' if ray else '--backend openvino (OpenVINO compiles its own models)'}")
+        plan = plan_batch(prompts, defaults, backend=chosen_backend, compile=compile_unet)  # --ray: torch, eager
         from difflab.engine.backends import check_request_fits
 
         for line in plan.lines:  # a line the backend refuses fails now, before the first image
@@ -103,9 +106,6 @@ def batch_command(
         check_output(out)  # a file or an unwritable place fails before any weights load
         check_folder(plan, out)  # before the first write: a refused folder is left as it was
         quiet_libraries()
-        if compile_unet and (ray or not chosen_backend.is_torch):  # compiles the U-Net of this process's cache
-            raise ValueError("compile: --compile is for the torch backend in this process; it cannot go with "
-                             f"{'--ray' if ray else '--backend openvino (OpenVINO compiles its own models)'}")
         cache = pipeline_cache(chosen_backend, compile=compile_unet)
         options = RayOptions(address=ray_address, workers=ray_workers) if ray else None
         if compile_unet:

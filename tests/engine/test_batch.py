@@ -225,6 +225,28 @@ def test_another_batch_or_a_foreign_folder_is_refused(reference, tiny_sd_folder:
     assert [p.name for p in foreign.iterdir()] == ["holiday.jpg"]
 
 
+def test_another_backend_or_compile_makes_it_another_batch(reference, tiny_sd_folder: Path, tmp_path: Path) -> None:
+    """OpenVINO's images differ from PyTorch's (up to 2/255) and compiled U-Nets' from eager ones (1/255): a torch
+    folder resumed with either would mix two batches; resumed as torch it resumes. The refusal comes before any
+    weights load."""
+    prompts, out = reference
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in copy.iterdir())
+    refusals = [batch(prompts, copy, tiny_sd_folder, "--compile")]
+    try:
+        import openvino  # noqa: F401
+
+        refusals.append(batch(prompts, copy, tiny_sd_folder, "--backend", "openvino"))
+    except ImportError:  # without the extra the backend is refused earlier (test_openvino_refusals.py)
+        pass
+    for command in refusals:
+        assert command.exit_code == 2 and "holds another batch (from" in command.output, command.output
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in copy.iterdir()) == before
+    again = batch(prompts, copy, tiny_sd_folder, "--backend", "torch", "--no-compile")
+    assert again.exit_code == 0 and f"0 images generated, {TOTAL} already finished" in again.output, again.output
+
+
 def test_a_second_run_on_a_locked_folder_is_refused(tmp_path: Path) -> None:
     with FolderLock(tmp_path):
         with pytest.raises(BatchError, match="another difflab batch is writing"):

@@ -63,7 +63,7 @@ class BatchLine:
 class BatchPlan:
     source: Path
     lines: tuple[BatchLine, ...]
-    fingerprint: str  # SHA-256 of the requests and the model weights' hashes: which batch a folder holds
+    fingerprint: str  # SHA-256 of the requests, input hashes and backend: which batch a folder holds
 
     @property
     def total_images(self) -> int:
@@ -133,10 +133,12 @@ def _csv_rows(text: str) -> list[tuple[int, Any]]:
     return rows
 
 
-def plan_batch(path: str | Path, defaults: Optional[dict[str, Any]] = None) -> BatchPlan:
+def plan_batch(path: str | Path, defaults: Optional[dict[str, Any]] = None, *, backend=None,
+               compile: bool = False) -> BatchPlan:
     """Validate every line of the prompt file (with ``defaults`` under each line), with every check a single
     ``generate`` makes before loading weights; raise BatchError listing the bad lines, each with its number and
-    field, before anything runs."""
+    field, before anything runs. ``backend`` (engine.backends.Backend, torch when None) and ``compile``
+    (torch.compile) are how the run draws: part of the fingerprint, as they change the images."""
     from difflab.engine.outputs import model_hash
 
     path = Path(path)
@@ -171,8 +173,16 @@ def plan_batch(path: str | Path, defaults: Optional[dict[str, Any]] = None) -> B
     inputs = {name: model_hash(model.path) for (name, _), model in models.items()}
     for item in lines:
         inputs.update(_input_hashes(item.request))
-    canonical = json.dumps({"requests": [[item.line, item.request.model_dump()] for item in lines],
-                            "inputs": inputs}, sort_keys=True)
+    identity: dict[str, Any] = {"requests": [[item.line, item.request.model_dump()] for item in lines],
+                                "inputs": inputs}
+    # and how they are drawn: OpenVINO's images differ from PyTorch's (up to 2/255), bf16's from f32's, compiled
+    # U-Nets' from eager ones (up to 1/255), so resuming with another of them would mix two batches in one folder.
+    # Left out for the default (torch, eager): folders written before backends existed still resume
+    if (backend is not None and not backend.is_torch) or compile:
+        identity["drawn_with"] = {"backend": backend.name if backend is not None else "torch",
+                                  "precision": backend.precision if backend is not None else "f32",
+                                  "compile": compile}
+    canonical = json.dumps(identity, sort_keys=True)
     return BatchPlan(path, tuple(lines), hashlib.sha256(canonical.encode()).hexdigest())
 
 
