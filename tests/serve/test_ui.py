@@ -452,6 +452,17 @@ def test_history_lists_finished_jobs_and_survives_a_restart(client, ui_server) -
     assert len(again) == before and "history check" in again[0]["caption"]
 
 
+def test_the_ui_names_the_servers_backend(client, tmp_path: Path) -> None:
+    assert client.predict(api_name="/backend") == "backend: torch"  # what the page shows under its title
+    from difflab.serve.config import ServeConfig
+    from difflab.serve.ui import backend_label
+
+    assert backend_label(ServeConfig(data_dir=tmp_path, compile=True)) == \
+        "backend: torch (U-Net compiled with torch.compile)"
+    pytest.importorskip("openvino")
+    assert backend_label(ServeConfig(data_dir=tmp_path, backend="openvino")) == "backend: openvino f32"
+
+
 def test_the_root_leads_to_the_ui_and_the_start_banner_names_it(ui_server) -> None:
     import httpx
 

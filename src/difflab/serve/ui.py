@@ -7,7 +7,9 @@ JobStore, so it survives a restart). Every job is a GenerationRequest validated 
 and queued in the same JobStore as API jobs (serve/ui_jobs.py). While it runs, a progress bar and the server's
 step previews (``--preview-every``, on by default with ``--ui``) show under the Generate button. Seed -1 draws a
 seed; the drawn one is shown and "Reuse seed" puts an image's seed back. Interrupt cancels the job in the status
-line at its next step. Gradio is optional: without it the API runs and ``/ui`` is absent.
+line at its next step. A line under the title names the server's backend (``backend: openvino f32``): one per
+server process (serve --backend), so a user knows what draws. Gradio is optional: without it the API runs and
+``/ui`` is absent.
 
 No ``from __future__ import annotations`` here: Gradio reads a handler's parameter annotations to pass it the
 event (``evt: gr.SelectData``), and with postponed annotations it would see only the string "gr.SelectData",
@@ -41,6 +43,15 @@ def gradio_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def backend_label(config) -> str:
+    """What draws this server's images, for the UI: ``backend: openvino f32``. The backend is chosen per server
+    process (serve --backend, --precision, --compile), never per job, so the form has no field for it."""
+    from difflab.engine.backends import Backend
+
+    return f"backend: {Backend(config.backend, config.precision).describe()}" + (
+        " (U-Net compiled with torch.compile)" if config.compile else "")
 
 
 def build_ui(app: FastAPI):
@@ -288,6 +299,7 @@ def build_ui(app: FastAPI):
     map_buttons: dict[int, Any] = {}
     with gr.Blocks(title="difflab") as blocks:
         gr.Markdown("## difflab\nJobs share the server's queue with the API (`/v1`, `/sdapi/v1`).")
+        backend = gr.Markdown(elem_id="backend")  # what draws: one backend per server process (serve --backend)
         with gr.Tabs() as tabs:
             with gr.Tab("txt2img", id="txt2img"):
                 with gr.Row():
@@ -402,6 +414,7 @@ def build_ui(app: FastAPI):
                     gr.update(choices=[ui_jobs.NO_REFINER, *models]))
 
         blocks.load(on_load, None, [t["model"], t["loras"], i["model"], i["loras"], t["refiner"]])
+        blocks.load(lambda: backend_label(server().config), None, backend, api_name="backend")
     return blocks
 
 
