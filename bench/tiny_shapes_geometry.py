@@ -46,14 +46,17 @@ def prompt_sets(full: int, prompt_seed: int, image_seed: int) -> dict[str, list[
             "short captions": [(p, 2 * image_seed + j) for j, p in enumerate(short)]}
 
 
-def generate(model: str, items: Sequence[tuple[str, int]], cache: Any) -> tuple[list[Any], float]:
-    """One image per (prompt, seed) at the model's defaults; the images and the seconds spent drawing them."""
+def generate(model: str, items: Sequence[tuple[str, int]], cache: Any,
+             overrides: dict[str, Any] | None = None) -> tuple[list[Any], float]:
+    """One image per (prompt, seed) at the model's defaults (or with ``overrides``, request fields such as steps,
+    guidance or sampler: a sampling choice measured before it becomes a default); the images and the seconds
+    spent drawing them."""
     from difflab.engine.pipeline import run_merged
     from difflab.engine.request import build_request
 
     images, started = [], time.perf_counter()
     for start in range(0, len(items), BATCH):
-        requests = [build_request(prompt=p, model=model, n=1, seed=s) for p, s in items[start:start + BATCH]]
+        requests = [build_request(**{**(overrides or {}), "prompt": p, "model": model, "n": 1, "seed": s}) for p, s in items[start:start + BATCH]]
         images += [result.images[0] for result in run_merged(requests, cache)]
         print(f"  {len(images)}/{len(items)} images", file=sys.stderr, flush=True)
     return images, time.perf_counter() - started
@@ -194,7 +197,9 @@ def pct(value) -> str:
 def markdown(name: str, model: str, results: dict[str, Any]) -> str:
     from difflab.data.shapes import BASE_SHAPES
 
-    lines = [f"### {name}: `{model}`", "",
+    overrides = results.get("settings", {}).get("request") or {}
+    changed = ", ".join(f"{k}={json.dumps(v)}" for k, v in overrides.items()) or "the model's defaults"
+    lines = [f"### {name}: `{model}`, {changed}", "",
              "| prompts | analyzer | images | shape+colour large | shape+colour small | colour | shape | "
              + " | ".join(BASE_SHAPES) + " |", "|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(BASE_SHAPES)]
     for set_name, by_analyzer in results["sets"].items():
@@ -236,7 +241,17 @@ def main(argv: list[str] | None = None) -> int:
                         "OUT/NAME-images instead of drawing them again (after an analyzer change)")
     parser.add_argument("--time-against", default=None, help="also time one image against this model (the "
                         "issue's limit: within 2x of the shipped model's time)")
+    parser.add_argument("--request", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a request field instead of the model's default (repeatable; JSON values: steps=50, "
+                        "guidance=5, sampler=\"euler\"): sampling choices measured before they become defaults")
     args = parser.parse_args(argv)
+    overrides = {}
+    for item in args.request:
+        field, _, value = item.partition("=")
+        try:
+            overrides[field] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[field] = value  # a bare word: a string
     if args.full < 32 or args.full % 32:
         parser.error(f"--full must be a positive multiple of 32; got {args.full}")
 
@@ -259,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.reread:
             images, spent = [Image.open(folder / f"{j:03d}.png").convert("RGB") for j in range(len(items))], 0.0
         else:
-            images, spent = generate(args.model, items, cache)
+            images, spent = generate(args.model, items, cache, overrides)
             folder.mkdir(parents=True, exist_ok=True)
             for j, image in enumerate(images):
                 atomic_write_bytes(folder / f"{j:03d}.png", png_bytes(image))
@@ -281,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
                "roundtrip": None if args.no_roundtrip else roundtrip(model_folder),
                "time_against": args.time_against,
                "timing": timing([args.model, args.time_against], cache) if args.time_against else None,
-               "settings": {"full": args.full, "prompt_seed": args.prompt_seed, "image_seed": args.image_seed},
+               "settings": {"full": args.full, "prompt_seed": args.prompt_seed, "image_seed": args.image_seed,
+                            "request": overrides},
                "per_image": [{"prompt": p, "geometry": g, "adherence": o, "size": s, **vars(r)} for p, g, o, s, r in
                              zip(all_prompts, v["geometry"]["shape"], v["adherence"]["shape"], v["size"],
                                  v["readings"])]}
