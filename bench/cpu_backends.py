@@ -1,9 +1,11 @@
 """Benchmark: CPU backends on one machine, rows measured interleaved in one run (issue 20).
 
 Rows: bare diffusers (PyTorch fp32), difflab torch, difflab openvino f32, difflab openvino bf16, bare diffusers
-under PyTorch bf16 autocast. bf16 rows run only on a CPU with native bf16 (avx512_bf16 / amx_bf16): elsewhere
-difflab refuses openvino bf16 by name, and emulated bf16 autocast measures nothing a user would choose.
-torch.compile is another engineer's flag (engine/compile.py) and not a row here yet.
+under PyTorch bf16 autocast, difflab torch with ``--compile`` (engine/compile.py: its U-Net torch.compile'd; its
+first call, which compiles, is timed apart as its warm-up). bf16 rows run only on a CPU with native bf16
+(avx512_bf16 / amx_bf16): elsewhere difflab refuses openvino bf16 by name, and emulated bf16 autocast measures
+nothing a user would choose. The compiled row holds a second copy of the model, so ``--no-compile-row`` leaves it
+out where memory is short (SD 1.5: about 4 GB more, beside OpenVINO's conversion peak of about 20 GB).
 
 Columns: seconds per image at ``--steps`` (median over ``--images`` rounds; each round runs every row once, in
 turn, so drift hits all rows alike; pipelines are loaded and the OpenVINO rows converted and compiled before the
@@ -89,7 +91,8 @@ def fresh_process(model: str, size: int, steps: int, backend: str, cache_dir: Pa
     return seconds, usage.ru_maxrss / 1024**2
 
 
-def per_image(model_path: Path, model: str, size: int, steps: int, images: int, native_bf16: bool) -> dict:
+def per_image(model_path: Path, model: str, size: int, steps: int, images: int, native_bf16: bool,
+              compile_row: bool = True) -> dict:
     """Seconds per image and pixel difference for every in-process row, interleaved."""
     import numpy as np
     import torch
@@ -127,7 +130,12 @@ def per_image(model_path: Path, model: str, size: int, steps: int, images: int, 
         rows["bare diffusers, PyTorch bf16 autocast"] = lambda: bare_image(True)
     else:
         skipped["bare diffusers, PyTorch bf16 autocast"] = "not run: no native bf16 (emulated, not a user's choice)"
-    skipped["torch.compile"] = "not a row yet (engine/compile.py lands in another branch)"
+    compiled_cache = None
+    if compile_row:
+        compiled_cache = pipeline_cache(Backend("torch"), compile=True)  # its own copy: compiling is in place
+        rows["difflab torch --compile"] = lambda: run(request, compiled_cache).images[0]
+    else:
+        skipped["difflab torch --compile"] = "not run (--no-compile-row)"
 
     # the model's own default guidance, so bare and difflab agree: resolve it once through difflab
     from difflab.engine.pipeline import Settings
@@ -144,6 +152,12 @@ def per_image(model_path: Path, model: str, size: int, steps: int, images: int, 
             first[name] = draw()
             print(f"  warm-up {name}: {time.perf_counter() - began:.1f} s", file=sys.stderr, flush=True)
     warmup = time.perf_counter() - conversion_started
+    compile_warmup = None
+    if compiled_cache is not None:  # torch.compile's first image (Inductor's cache as found), timed apart
+        began = time.perf_counter()
+        first["difflab torch --compile"] = rows["difflab torch --compile"]()
+        compile_warmup = time.perf_counter() - began
+        print(f"  warm-up difflab torch --compile: {compile_warmup:.1f} s", file=sys.stderr, flush=True)
     times: dict[str, list[float]] = {name: [] for name in rows}
     for round_ in range(images):
         for name, draw in rows.items():
@@ -159,7 +173,7 @@ def per_image(model_path: Path, model: str, size: int, steps: int, images: int, 
         difference = int(np.abs(np.asarray(first[name], dtype=np.int16) - reference).max())
         results[name] = {"seconds": statistics.median(times[name]), "all": times[name], "max_diff": difference}
     return {"rows": results, "skipped": skipped, "warmup_s": warmup, "conversions": dict(STATS),
-            "peak_rss_gb": peak_rss_gb()}
+            "compile_warmup_s": compile_warmup, "peak_rss_gb": peak_rss_gb()}
 
 
 def sdxl_unet_calls(repeats: int) -> dict:
@@ -193,7 +207,7 @@ def workload(name: str, args, scratch: Path, native_bf16: bool) -> dict:
         model_path = build_sd15(scratch / "sd15")
         model, size = str(model_path), 512
     print(f"{name}: in-process rows", file=sys.stderr, flush=True)
-    report = per_image(model_path, model, size, args.steps, args.images, native_bf16)
+    report = per_image(model_path, model, size, args.steps, args.images, native_bf16, not args.no_compile_row)
     fresh = {}
     if not args.no_fresh:
         print(f"{name}: fresh processes", file=sys.stderr, flush=True)
@@ -235,6 +249,11 @@ def markdown(reports: dict, args, machine: str) -> str:
         lines += ["", f"OpenVINO warm-up (conversions or cache loads, compilation, one image): {report['warmup_s']:.1f} s; "
                   f"bench process peak RSS {report['peak_rss_gb']:.1f} GB; OpenVINO events: {report['conversions']}",
                   ""]
+        if report.get("compile_warmup_s") is not None:
+            from difflab.engine.compile import cache_dir
+
+            lines += [f"torch.compile's first image (compiling the U-Net; Inductor cache {cache_dir()} as found): "
+                      f"{report['compile_warmup_s']:.1f} s", ""]
         if report["fresh"]:
             lines += ["| fresh `difflab generate` process | seconds to first image | peak RSS (GB) |",
                       "|---|---:|---:|"]
@@ -250,6 +269,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--images", type=int, default=3, help="interleaved rounds (median); sdxl: U-Net calls")
     parser.add_argument("--no-fresh", action="store_true", help="skip the fresh-process columns")
+    parser.add_argument("--no-compile-row", action="store_true", help="leave out the torch.compile row (it holds "
+                        "a second copy of the model)")
     parser.add_argument("--out", type=Path, default=None, help="also write the markdown tables here")
     parser.add_argument("--scratch", type=Path, default=None, help="folder for the SD 1.5 model and outputs "
                         "[default: a temporary one]")
