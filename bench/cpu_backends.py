@@ -82,13 +82,31 @@ def fresh_process(model: str, size: int, steps: int, backend: str, cache_dir: Pa
                "--width", str(size), "--height", str(size), "--seed", str(SEED), "--guidance-end", "1",
                "--backend", backend, "-o", str(out)]
     environment = {**os.environ, "DIFFLAB_OPENVINO_CACHE": str(cache_dir)}
+    errors = tempfile.TemporaryFile()  # a file, not a pipe: a full pipe would stop the child while we only poll
     started = time.perf_counter()
-    process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
+    process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=errors)
+    # the child's own high-water mark (VmHWM of its address space, read until it exits): wait4's ru_maxrss would
+    # report this bench process's peak instead, as Linux carries maxrss over fork and exec (20.7 GB for every row)
+    peak_kb = 0
+    while process.poll() is None:
+        peak_kb = max(peak_kb, _high_water_kb(process.pid))
+        time.sleep(0.2)
     seconds = time.perf_counter() - started
-    if status != 0:
-        raise RuntimeError(f"{' '.join(command)} failed: {process.stderr.read().decode()[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024**2
+    if process.returncode != 0:
+        errors.seek(0)
+        raise RuntimeError(f"{' '.join(command)} failed: {errors.read().decode(errors='replace')[-2000:]}")
+    errors.close()
+    return seconds, peak_kb / 1024**2
+
+
+def _high_water_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass  # exited between poll() and the read
+    return 0
 
 
 def per_image(model_path: Path, model: str, size: int, steps: int, images: int, native_bf16: bool,
