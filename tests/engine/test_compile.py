@@ -1,9 +1,10 @@
 """--compile (engine/compile.py): a torch.compile'd U-Net draws eager's images within 1/255, says so in the PNG's
 record, and leaves compiled artefacts in difflab's cache folder for the next process.
 
-The compiling tests take minutes (three compiles of a tiny U-Net; over 50 minutes on the shared machine at load
-8-16, where it has not yet finished whole), so they are `slow` and run only when asked:
-``scripts/test.sh -n 0 -m slow tests/engine/test_compile.py`` (its own .ci/run step)."""
+The compiling tests take minutes (one compile of a tiny U-Net, read back from the disk cache by the second test),
+so they are `slow` and run only when asked: ``scripts/test.sh -n 0 -m slow tests/engine/test_compile.py`` (their
+own .ci/run step). A new image size is not among them: on the tiny pipeline 48x32 (6x4 latents, 3x2 after the
+down block) compiled anew, 604 s on tiny-shapes at load 4 (bench/results/compile.md)."""
 
 from __future__ import annotations
 
@@ -55,20 +56,28 @@ def _only_when_asked(request: pytest.FixtureRequest) -> None:
         pytest.skip("compiles a U-Net (minutes): `scripts/test.sh -n 0 -m slow tests/engine/test_compile.py`")
 
 
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory) -> Path:
+    """One Inductor cache folder for the file's tests: the first fills it, the batch test reads it back as a later
+    process would (and so costs a trace, not a compile)."""
+    return tmp_path_factory.mktemp("compile-cache")
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("_only_when_asked")
-def test_compiled_unet_draws_eagers_images_and_fills_the_disk_cache(tiny_sd_folder, tmp_path, monkeypatch):
+def test_compiled_unet_draws_eagers_images_and_fills_the_disk_cache(tiny_sd_folder, tmp_path, monkeypatch,
+                                                                     compile_cache):
     import torch
 
     from difflab.engine.metadata import read_png_metadata
     from difflab.engine.outputs import save_result
 
-    monkeypatch.setenv(engine_compile.CACHE_ENV, str(tmp_path / "compile-cache"))
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "compile-cache"))  # restored after the test
+    monkeypatch.setenv(engine_compile.CACHE_ENV, str(compile_cache))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(compile_cache))  # restored after the test
     torch._dynamo.reset()
     eager, compiled = PipelineCache(), PipelineCache(compile=True)
     graphs = []
-    for fields in (dict(), dict(n=2, seed=5), dict(width=48, height=32)):  # batch 2->1, 4->2, another size
+    for fields in (dict(), dict(n=2, seed=5)):  # batch 2 then 1 (guidance interval), then 4 then 2
         want = run(request(tiny_sd_folder, **fields), eager)
         got = run(request(tiny_sd_folder, **fields), compiled)
         graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
@@ -82,7 +91,7 @@ def test_compiled_unet_draws_eagers_images_and_fills_the_disk_cache(tiny_sd_fold
     # sizes 0 and 1); n=2 (batches 4 and 2) reused them, where static shapes would have compiled batch 4 anew
     assert graphs[1] == graphs[0], graphs
 
-    folder = tmp_path / "compile-cache"
+    folder = compile_cache
     assert engine_compile.is_warm(folder), sorted(p.name for p in folder.iterdir())
     path = save_result(got, tmp_path / "out")[0]
     _, record = read_png_metadata(path)
@@ -99,22 +108,28 @@ def test_compiled_unet_draws_eagers_images_and_fills_the_disk_cache(tiny_sd_fold
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("_only_when_asked")
-def test_batch_compile_says_what_it_costs_and_records_it(tiny_sd_folder, tmp_path, monkeypatch):
+def test_batch_compile_says_what_it_costs_and_records_it(tiny_sd_folder, tmp_path, monkeypatch, compile_cache):
     from typer.testing import CliRunner
 
     from difflab.cli import app
     from difflab.engine.metadata import read_png_metadata
 
-    folder = tmp_path / "compile-cache"
+    import torch
+
+    folder = compile_cache
+    warm = engine_compile.is_warm(folder)  # the test above ran first: its graphs are read back, not compiled
     monkeypatch.setenv(engine_compile.CACHE_ENV, str(folder))
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(folder))
+    torch._dynamo.reset()  # as a new process: nothing compiled in memory
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text(json.dumps({"prompt": "a red circle", "steps": 2, "width": 32, "height": 32}) + "\n")
+    # the first test's request (size, steps, guidance interval), so its compiled graphs fit
+    prompts.write_text(json.dumps(request(tiny_sd_folder).model_dump(exclude_defaults=True)) + "\n")
     done = CliRunner().invoke(app, ["batch", str(prompts), "-o", str(tmp_path / "out"), "--model",
                                     str(tiny_sd_folder), "--compile"])
     assert done.exit_code == 0, done.output
-    assert f"compiling the U-Net: first image takes ~{engine_compile.FIRST_IMAGE_EXTRA_S} s longer" in done.output
-    assert f"cache at {folder}" in done.output
+    said = ("compiling the U-Net: compiled graphs found in the cache" if warm else
+            f"compiling the U-Net: first image takes ~{engine_compile.FIRST_IMAGE_EXTRA_S} s longer")
+    assert said in done.output and f"cache at {folder}" in done.output, done.output
     images = sorted((tmp_path / "out").glob("*.png"))
     assert images and read_png_metadata(images[0])[1]["environment"]["compile"].startswith("torch.compile")
     assert engine_compile.is_warm(folder)
