@@ -41,6 +41,27 @@ def test_cache_folder_is_difflabs_unless_the_user_names_one(monkeypatch, tmp_pat
     assert engine_compile.cache_dir() == tmp_path / "difflab-own"
 
 
+def test_torchs_own_default_folder_is_not_taken_for_the_users_choice(monkeypatch, tmp_path):
+    """Importing diffusers' pipelines makes torch write its default (/tmp/torchinductor_USER) into
+    TORCHINDUCTOR_CACHE_DIR; difflab's cache then went to /tmp instead of ~/.cache/difflab/torch-compile."""
+    import subprocess
+    import sys
+
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.delenv(engine_compile.CACHE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
+    assert engine_compile.cache_dir() == tmp_path / "xdg" / "difflab" / "torch-compile"
+    # in a fresh process, as `difflab batch --compile` meets it: the engine imported first
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    said = subprocess.run([sys.executable, "-c", "import os; import difflab.engine.pipeline; "
+                           "from difflab.engine.compile import cache_dir; "
+                           "print(os.environ.get('TORCHINDUCTOR_CACHE_DIR')); print(cache_dir())"],
+                          capture_output=True, text=True, check=True).stdout.split()
+    assert said[-1] == str(tmp_path / "xdg" / "difflab" / "torch-compile"), said
+
+
 def test_notice_names_the_cost_and_the_folder_and_knows_a_warm_cache(tmp_path):
     cold = engine_compile.notice(tmp_path)
     assert cold.startswith(f"compiling the U-Net: first image takes ~{engine_compile.FIRST_IMAGE_EXTRA_S} s longer")

@@ -11,12 +11,12 @@ the bench), so it does not pay.
 
 Dynamic shapes: the U-Net is compiled with ``dynamic=True`` (batch, height and width symbolic). One image already
 calls the U-Net at two batch sizes (CFG doubles the batch, and tiny-shapes' guidance interval stops doubling after
-70% of the steps), ``-n`` and the server's merged batches change the batch, and requests change the size. With
-static shapes every new (batch, height, width) would be a compile of its own (a minute each here), and past
-torch's recompile limit (8) the U-Net silently runs eager; symbolic shapes compile one graph for every batch >= 2
-(checked) and one for batch 1 (torch specialises sizes 0 and 1); that new sizes reuse them is not yet confirmed. Open question (bench/results/compile.md): a
-dynamic compile looked much slower than issue 25's static 68 s on the loaded machine; a quiet re-run of
-bench/compile.py decides whether per-size static compiles are cheaper for a server that sees one or two sizes.
+70% of the steps), ``-n`` and the server's merged batches change the batch, and requests change the size. Measured
+on tiny-shapes, one thread, fresh empty caches (bench/compile_dynamic.py, bench/results/compile.md): with
+``dynamic=True`` the first image cost 448 s, a first n=2 request nothing more (1.15 s), a first 48x32 request 340 s
+(a new size compiles again: 6x4 latents halve to odd sizes); with torch's default (automatic dynamic: static first,
+recompiled on a change) the first image cost 201 s, then n=2 134 s and 48x32 604 s. A server meets every batch
+size, so ``dynamic=True`` compiles less in all (788 s against 939 s) and never at a batch change.
 
 Pixels: Inductor fuses and reorders float operations, so images may differ from eager by rounding, within 1/255
 (tests/engine/test_compile.py; 0/255 and 1/255 measured, bench/results/compile.md); the PNG's JSON record says
@@ -30,20 +30,31 @@ from pathlib import Path
 from typing import Any
 
 CACHE_ENV = "DIFFLAB_COMPILE_CACHE"  # where compiled artefacts go; else $XDG_CACHE_HOME/difflab/torch-compile
-# what the first image of a process costs beyond an eager one with an empty cache: 68 s for tiny-shapes (64x64,
-# 20 steps) on 2 idle CPU cores (issue 25's measurement, torch.compile(pipe.unet)). bench/compile.py measures it
-# again with empty and warm caches (bench/results/compile.md: on a loaded machine it took far longer)
-FIRST_IMAGE_EXTRA_S = 70
+# what the first image of a process costs beyond an eager one with an empty cache: 443 s for tiny-shapes (64x64,
+# 20 steps, dynamic=True) at one thread on the 2-core machine with one other job (bench/compile_dynamic.py;
+# issue 25's 68 s was a static compile). bench/compile.py measures empty and warm caches (bench/results/compile.md)
+FIRST_IMAGE_EXTRA_S = 450
 
 
 def cache_dir() -> Path:
     """Where torch keeps compiled artefacts for difflab: $DIFFLAB_COMPILE_CACHE, else a TORCHINDUCTOR_CACHE_DIR the
-    user set, else ~/.cache/difflab/torch-compile (under $XDG_CACHE_HOME when set)."""
+    user set, else ~/.cache/difflab/torch-compile (under $XDG_CACHE_HOME when set).
+
+    Torch writes its own default (/tmp/torchinductor_USER) into TORCHINDUCTOR_CACHE_DIR the first time anything asks
+    Inductor for its folder, and importing diffusers' pipelines does: that value is torch's, not the user's, and
+    would put difflab's cache in /tmp (emptied at reboot), so it counts as unset."""
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV]).expanduser()
-    if os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
-        return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"]).expanduser()
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if chosen and os.path.abspath(chosen) != _torch_default_folder():
+        return Path(chosen).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "difflab" / "torch-compile"
+
+
+def _torch_default_folder() -> str:
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    return os.path.abspath(default_cache_dir())
 
 
 def enable_disk_caches() -> Path:
@@ -73,7 +84,7 @@ def notice(folder: Path) -> str:
     if is_warm(folder):
         cost = "compiled graphs found in the cache: the first image reuses what they cover"
     else:
-        cost = (f"first image takes ~{FIRST_IMAGE_EXTRA_S} s longer (tiny-shapes on 2 idle CPU cores; larger models "
+        cost = (f"first image takes ~{FIRST_IMAGE_EXTRA_S} s longer (tiny-shapes at one CPU thread; larger models "
                 "and busy machines longer)")
     return f"compiling the U-Net: {cost}; cache at {folder}"
 
