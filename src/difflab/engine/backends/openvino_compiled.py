@@ -80,9 +80,17 @@ def check_blobs(folder: Path, say: Callable[[str], None], full: bool = False) ->
 
 
 def record_blobs(folder: Path) -> None:
-    """Record every blob in ``folder`` as it is now: called right after OpenVINO compiled and wrote one (the
-    others were checked just before)."""
-    write_json(folder / BLOBS, {blob.name: file_record(blob) for blob in _blob_files(folder)}, best_effort=True)
+    """Record every blob in ``folder`` as it is now: called right after OpenVINO compiled and wrote one. The others
+    were checked just before (check_blobs): their records are kept as they are, so only the new blob is hashed."""
+    records = _records(folder)
+
+    def unchanged(blob: Path) -> bool:
+        record, status = records.get(blob.name), blob.stat()
+        return (isinstance(record, dict) and record.get("size") == status.st_size
+                and record.get("mtime_ns") == status.st_mtime_ns)
+
+    write_json(folder / BLOBS, {blob.name: records[blob.name] if unchanged(blob) else file_record(blob)
+                                for blob in _blob_files(folder)}, best_effort=True)
 
 
 def compile_entry(core, entry: Entry, precision: str, config: dict[str, Any], say: Callable[[str], None]):
