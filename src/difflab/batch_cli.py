@@ -84,7 +84,7 @@ def batch_command(
 
     try:
         from difflab.engine.batch import ImageFinished, LineStarted, check_folder, plan_batch, run_batch, write_contact_sheets
-        from difflab.engine.backends import choose_backend, pipeline_cache
+        from difflab.engine.backends import check_request_fits, choose_backend, pipeline_cache
         from difflab.engine.batch_ray import RayBatchFailed, RayOptions, run_batch_ray
 
         chosen_backend = choose_backend(backend, precision)  # before any line is read or any weights load
@@ -99,8 +99,6 @@ def batch_command(
             raise ValueError("compile: --compile is for the torch backend in this process; it cannot go with "
                              f"{'--ray' if ray else '--backend openvino (OpenVINO compiles its own models)'}")
         plan = plan_batch(prompts, defaults, backend=chosen_backend, compile=compile_unet)  # --ray: torch, eager
-        from difflab.engine.backends import check_request_fits
-
         for line in plan.lines:  # a line the backend refuses fails now, before the first image
             check_request_fits(chosen_backend, line.request)
         check_output(out)  # a file or an unwritable place fails before any weights load

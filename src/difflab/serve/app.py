@@ -75,6 +75,7 @@ def create_app(config: ServeConfig, *, cache=None, lock_data_dir: bool = True) -
     from difflab.serve import a1111, a1111_img2img, routes
 
     config.data_dir.mkdir(parents=True, exist_ok=True)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         lock = _lock_data_dir(config.data_dir) if lock_data_dir else None

@@ -78,11 +78,10 @@ class ServeConfig:
         if not 1 <= self.batch_max_images <= 64:
             raise ValueError(f"batch_max_images: must be between 1 and 64; got {self.batch_max_images}")
         self.retention  # validates keep_days / keep_gb (ValueError naming the field)
-        from difflab.engine.backends import choose_backend
+        from difflab.engine.backends import check_compile, choose_backend
 
-        choose_backend(self.backend, self.precision)  # openvino installed, bf16 native: ValueError naming the field
-        if self.compile and self.backend != "torch":
-            raise ValueError("compile: --compile is for the torch backend; OpenVINO compiles its own models")
+        # openvino installed, bf16 native, --compile with torch only: ValueError naming the field
+        check_compile(choose_backend(self.backend, self.precision), self.compile)
         if self.max_body_bytes < 1024:
             raise ValueError(f"max_body_bytes: must be at least 1024; got {self.max_body_bytes}")
         if self.api_token is not None and len(self.api_token) < 16:

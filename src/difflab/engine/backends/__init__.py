@@ -103,9 +103,14 @@ def pipeline_cache(backend: Backend, compile: bool = False):
     from difflab.engine.pipeline import PipelineCache
 
     placement = choose_placement("cpu" if not backend.is_torch else "auto")
+    check_compile(backend, compile)
+    return PipelineCache(placement=placement, backend=backend, compile=compile)
+
+
+def check_compile(backend: Backend, compile: bool) -> None:
+    """ValueError naming the field when ``compile`` (torch.compile of the PyTorch U-Net) meets another backend."""
     if compile and not backend.is_torch:
         raise ValueError("compile: --compile is for the torch backend; OpenVINO compiles its own models")
-    return PipelineCache(placement=placement, backend=backend, compile=compile)
 
 
 def from_record(record: Optional[dict]) -> Backend:
